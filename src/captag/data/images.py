@@ -1,0 +1,100 @@
+"""Image loading in RGB, a fast decode check of an image folder, and locating that folder."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+CHECK_SIZE = 64  # decode JPEGs at 1/8 scale or so during the check; truncation is still caught
+
+
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open an image file of any format PIL reads and return it as RGB.
+
+    With `draft_size`, JPEGs are decoded at a reduced scale whose sides stay at least that size.
+    Transparent images are put on a white background.
+    """
+    with Image.open(path) as image:
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode.startswith("I;16"):
+        image = image.point(lambda v: v / 256).convert("L")  # 16-bit gray to 8-bit
+    return image.convert("RGB")
+
+
+@dataclass
+class BadImage:
+    image_id: str
+    reason: str  # "missing", "empty file", "truncated" or "cannot decode: ..."
+
+
+def check_image(path: Path) -> str | None:
+    """Why the image at `path` cannot be used, or None when it decodes fully."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (CHECK_SIZE, CHECK_SIZE))
+            image.load()
+    except UnidentifiedImageError:
+        return "cannot decode: not an image format PIL can read"
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+        if "truncated" in str(exc):
+            return "truncated"
+        return f"cannot decode: {type(exc).__name__}: {exc}"
+    return None
+
+
+def check_images(image_ids: Iterable[str], image_dir: str | Path, workers: int | None = None,
+                 progress: bool = False) -> list[BadImage]:
+    """Decode every image and return the missing or broken ones, sorted by ID."""
+    from .split import id_key
+
+    ids = list(image_ids)
+    image_dir = Path(image_dir)
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
+            reasons = pool.map(check_image, (image_dir / i for i in ids), chunksize=64)
+            if progress:
+                from tqdm import tqdm
+                reasons = tqdm(reasons, total=len(ids), desc="checking images", unit="img")
+            bad = [BadImage(i, r) for i, r in zip(ids, reasons) if r is not None]
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    return sorted(bad, key=lambda b: id_key(b.image_id))
+
+
+def resolve_image_dir(csv_path: str | Path, images: str | Path | None) -> Path:
+    """The image folder: `images` when given, else data/ beside the CSV file."""
+    if images:
+        folder = Path(images)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Image folder {folder} (given with --images) does not exist. "
+                                    "Pass the folder that holds the .jpg files with --images DIR.")
+        return folder
+    folder = Path(csv_path).parent / "data"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No image folder found: expected {folder} beside {csv_path}. "
+                                "Put the images there or pass their folder with --images DIR.")
+    return folder

@@ -1,0 +1,80 @@
+"""Label set of the COMP5329 data (COCO class IDs 1..19 without 12) and a multi-hot encoder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+LABEL_NAMES: dict[int, str] = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus",
+    7: "train", 8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant",
+    13: "stop sign", 14: "parking meter", 15: "bench", 16: "bird", 17: "cat",
+    18: "dog", 19: "horse",
+}
+LABEL_IDS: tuple[int, ...] = tuple(LABEL_NAMES)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Maps label IDs to columns of a multi-hot vector, in the order of `ids`."""
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "ids", tuple(int(i) for i in self.ids))
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        if len(self.ids) != len(self.names):
+            raise ValueError(f"LabelMap got {len(self.ids)} ids but {len(self.names)} names; give one name per id.")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError(f"LabelMap ids must be unique, got {list(self.ids)}.")
+
+    @classmethod
+    def default(cls) -> LabelMap:
+        return cls(LABEL_IDS, tuple(LABEL_NAMES[i] for i in LABEL_IDS))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def _column(self) -> dict[int, int]:
+        return {label: col for col, label in enumerate(self.ids)}
+
+    def encode(self, labels: Sequence[int]) -> np.ndarray:
+        """Multi-hot float32 vector of length len(self) for one row's labels."""
+        row = np.zeros(len(self), dtype=np.float32)
+        for label in labels:
+            if label not in self._column:
+                raise ValueError(f"Label {label!r} is not in the label map {list(self.ids)}.")
+            row[self._column[label]] = 1.0
+        return row
+
+    def encode_many(self, label_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Multi-hot float32 matrix [n, len(self)]."""
+        out = np.zeros((len(label_lists), len(self)), dtype=np.float32)
+        for i, labels in enumerate(label_lists):
+            out[i] = self.encode(labels)
+        return out
+
+    def decode(self, row) -> list[int]:
+        """Label IDs whose entry is on (True, 1, or above 0.5), in label-map order."""
+        row = np.asarray(row)
+        if row.shape != (len(self),):
+            raise ValueError(f"decode expects a vector of length {len(self)}, got shape {row.shape}.")
+        return [self.ids[j] for j in np.flatnonzero(row > 0.5)]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"ids": list(self.ids), "names": list(self.names)}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelMap:
+        data = json.loads(Path(path).read_text())
+        try:
+            return cls(tuple(data["ids"]), tuple(data["names"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a label map: expected JSON with 'ids' and 'names' lists.") from exc

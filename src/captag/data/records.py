@@ -1,0 +1,153 @@
+"""Reader for the captioned-image CSVs, whose captions are quoted but not escaped.
+
+A file starts with the header `ImageID,Labels,Caption` (labelled) or `ImageID,Caption`
+(unlabelled). Each record starts on a line that matches `^\\d+\\.jpg,` and runs until the
+next such line; its caption is everything between the first and the last double quote,
+so it may hold unescaped quotes, commas and line breaks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .labels import LABEL_IDS
+
+LABELLED_HEADER = "ImageID,Labels,Caption"
+UNLABELLED_HEADER = "ImageID,Caption"
+RECORD_START = re.compile(r"(\d+\.jpg),")
+
+
+@dataclass(frozen=True)
+class Record:
+    image_id: str  # e.g. "9084.jpg"
+    caption: str
+    labels: tuple[int, ...] | None  # None for unlabelled files
+    line: int  # 1-based line number in the file where the record starts
+
+
+class DataFormatError(ValueError):
+    """A CSV file does not follow the expected format; the message says where and what to do."""
+
+    def __init__(self, path, line: int, problem: str, fix: str, image_id: str | None = None):
+        self.path, self.line, self.image_id = str(path), line, image_id
+        record = f"record {image_id}: " if image_id else ""
+        super().__init__(f"{path}:{line}: {record}{problem}. {fix}")
+
+
+def read_records(path: str | Path, label_ids: Sequence[int] = LABEL_IDS) -> list[Record]:
+    """Read every record of a labelled or unlabelled CSV file, in file order."""
+    lines = _read_text(path).split("\n")
+    labelled = _check_header(path, lines[0])
+    chunks = _group_lines(path, lines)
+    valid = frozenset(label_ids)
+    records, first_line = [], {}
+    for line, text in chunks:
+        record = _parse_record(path, line, text, labelled, valid)
+        if record.image_id in first_line:
+            raise DataFormatError(
+                path, line, f"duplicate image ID; it first appears on line {first_line[record.image_id]}",
+                "Each image ID must appear once: remove or rename one of the two records.", record.image_id)
+        first_line[record.image_id] = line
+        records.append(record)
+    return records
+
+
+def is_labelled(records: Sequence[Record]) -> bool:
+    """True when there are records and every one has labels."""
+    return bool(records) and all(r.labels is not None for r in records)
+
+
+def _read_text(path) -> str:
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(path, line, f"the file is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                              "Save the file as UTF-8 text.") from None
+    return text.replace("\r\n", "\n")
+
+
+def _check_header(path, first_line: str) -> bool:
+    header = first_line.strip()
+    if header == LABELLED_HEADER:
+        return True
+    if header == UNLABELLED_HEADER:
+        return False
+    raise DataFormatError(path, 1, f"expected the header {LABELLED_HEADER!r} or {UNLABELLED_HEADER!r}, got {_clip(header)}",
+                          "Put one of these headers on the first line of the file.")
+
+
+def _group_lines(path, lines: list[str]) -> list[tuple[int, str]]:
+    """(start line, text) for each record; text keeps the line breaks inside the record."""
+    chunks, start, body = [], None, []
+    for number, line in enumerate(lines[1:], start=2):
+        if RECORD_START.match(line):
+            if start is not None:
+                chunks.append((start, "\n".join(body)))
+            start, body = number, [line]
+        elif start is not None:
+            body.append(line)
+        elif line.strip():
+            raise DataFormatError(path, number, f"expected a record starting with 'ID.jpg,', got {_clip(line)}",
+                                  "Remove this line or start it with the image ID.")
+    if start is not None:
+        chunks.append((start, "\n".join(body)))
+    return chunks
+
+
+def _parse_record(path, line: int, text: str, labelled: bool, valid: frozenset[int]) -> Record:
+    m = RECORD_START.match(text)
+    image_id, rest = m.group(1), text[m.end():]
+    layout = 'ID,LABELS,"CAPTION"' if labelled else 'ID,"CAPTION"'
+
+    def fail(problem: str, fix: str = f"Write the record as {layout}.") -> DataFormatError:
+        return DataFormatError(path, line, problem, fix, image_id)
+
+    labels = None
+    if labelled:
+        if rest.startswith('"'):
+            raise fail("the Labels field is missing")
+        comma = rest.find(",")
+        if comma < 0 or '"' in rest[:comma] or "\n" in rest[:comma]:
+            raise fail(f"cannot find the Labels and Caption fields in {_clip(text)}")
+        labels = _parse_labels(rest[:comma], valid, fail)
+        rest = rest[comma + 1:]
+    if not rest.startswith('"'):
+        raise fail(f"the caption does not start with a double quote: {_clip(text)}")
+    end = rest.rfind('"')
+    if end == 0:
+        raise fail("the caption has no closing double quote")
+    if rest[end + 1:].strip():
+        raise fail(f"unexpected text after the caption's closing quote: {_clip(rest[end + 1:].strip())}")
+    caption = rest[1:end]
+    if not caption.strip():
+        raise fail("the caption is empty", "Give every record a non-empty caption, or remove the record.")
+    return Record(image_id, caption, labels, line)
+
+
+def _parse_labels(field: str, valid: frozenset[int], fail) -> tuple[int, ...]:
+    def bad(problem: str) -> DataFormatError:
+        allowed = ", ".join(map(str, sorted(valid)))
+        return fail(problem, f"Labels are space-separated integers among {allowed}; "
+                             "fix the Labels field or pass the label set as label_ids.")
+
+    tokens = field.split()
+    if not tokens:
+        raise bad("the Labels field is empty")
+    labels = []
+    for token in tokens:
+        if not (token.isascii() and token.isdigit()) or int(token) not in valid:
+            raise bad(f"label {token!r} is not a known label")
+        if int(token) in labels:
+            raise bad(f"label {token} is listed twice")
+        labels.append(int(token))
+    return tuple(labels)
+
+
+def _clip(text: str, width: int = 60) -> str:
+    first = text.split("\n", 1)[0]
+    return repr(first if len(first) <= width and "\n" not in text else first[:width] + "...")

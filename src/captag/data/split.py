@@ -1,0 +1,42 @@
+"""Deterministic train/validation split of image IDs, saved as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def id_key(image_id: str):
+    """Sort key that orders '2.jpg' before '10.jpg'; non-numeric IDs go last, by name."""
+    stem = image_id.split(".", 1)[0]
+    return (0, int(stem), image_id) if stem.isdigit() else (1, 0, image_id)
+
+
+def split_ids(ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split IDs into (train, val); the result depends only on the set of IDs and the seed."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}. Use 0 for no validation set.")
+    ordered = sorted(ids, key=id_key)
+    if len(set(ordered)) != len(ordered):
+        raise ValueError("split_ids got duplicate image IDs; each ID must appear once.")
+    n_val = round(len(ordered) * val_fraction)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    val_idx = set(perm[:n_val].tolist())
+    train = [x for i, x in enumerate(ordered) if i not in val_idx]
+    val = [x for i, x in enumerate(ordered) if i in val_idx]
+    return train, val
+
+
+def save_split(path: str | Path, train_ids: Sequence[str], val_ids: Sequence[str], seed: int, val_fraction: float) -> None:
+    data = {"seed": seed, "val_fraction": val_fraction, "train": list(train_ids), "val": list(val_ids)}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_split(path: str | Path) -> tuple[list[str], list[str]]:
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or "train" not in data or "val" not in data:
+        raise ValueError(f"{path} is not a split file: expected JSON with 'train' and 'val' lists.")
+    return list(data["train"]), list(data["val"])

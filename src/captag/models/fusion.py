@@ -1,0 +1,78 @@
+"""The seed's classifier: pooled image and caption features, concatenated, then ReLU, dropout, linear.
+
+With one encoder left out it is the image-only or text-only variant of the same model.
+`freeze` keeps the lower stages of each encoder fixed (their BatchNorm too) and trains the rest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from captag.models.image import ImageEncoder
+from captag.models.text import TextEncoder
+
+
+class FusionModel(nn.Module):
+    """Multi-label classifier over an image encoder, a text encoder, or both."""
+
+    def __init__(self, image: ImageEncoder | None, text: TextEncoder | None,
+                 num_labels: int = 18, dropout: float = 0.2):
+        super().__init__()
+        if image is None and text is None:
+            raise ValueError("A model needs an image encoder, a text encoder, or both.")
+        self.image, self.text = image, text
+        dim = (image.feature_dim if image else 0) + (text.feature_dim if text else 0)
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, num_labels))
+        self.image_cut = 0
+        self.text_cut = 0
+
+    def freeze(self, image_trainable: int = -1, text_trainable: int = -1) -> None:
+        """Train only the top `*_trainable` stages of each encoder (-1: all, 0: none)."""
+        self.image_cut = self._freeze(self.image, image_trainable)
+        self.text_cut = self._freeze(self.text, text_trainable)
+        self.train(self.training)
+
+    @staticmethod
+    def _freeze(encoder, trainable: int) -> int:
+        if encoder is None:
+            return 0
+        stages = encoder.num_stages
+        cut = 0 if trainable < 0 else max(stages - trainable, 0)
+        if isinstance(encoder, TextEncoder) and encoder.layers is None and 0 < cut < stages:
+            raise ValueError(f"{encoder.name} can only be frozen whole or trained whole: "
+                             "use text_trainable 0 or -1.")
+        for parameter in encoder.parameters():
+            parameter.requires_grad = False
+        for module in encoder_stages(encoder)[cut:]:
+            for parameter in module.parameters():
+                parameter.requires_grad = True
+        return cut
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for encoder, cut in ((self.image, self.image_cut), (self.text, self.text_cut)):
+            if encoder is not None:
+                for module in encoder_stages(encoder)[:cut]:
+                    module.eval()
+        return self
+
+    def forward(self, image: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, image_start: int = 0,
+                text_start: int = 0) -> torch.Tensor:
+        """Logits from pixels and token ids, or from cached activations at the given starts."""
+        features = []
+        if self.image is not None:
+            features.append(self.image(image, start=image_start))
+        if self.text is not None:
+            features.append(self.text(input_ids, attention_mask, start=text_start))
+        return self.head(torch.cat(features, dim=1))
+
+
+def encoder_stages(encoder) -> list[nn.Module]:
+    """An encoder's stages in order, as modules (for freezing)."""
+    if isinstance(encoder, ImageEncoder):
+        return list(encoder.stages)
+    if encoder.layers is None:
+        return [encoder.model]
+    return [encoder.model.embeddings, *encoder.layers]

@@ -1,0 +1,138 @@
+"""Text encoders: a transformers model with mean pooling, cut into stages like the image encoders.
+
+Stage 0 is the embedding layer and stage i the i-th transformer layer, for BERT-style models
+(BERT, MiniLM, TinyBERT). Other architectures run as one stage: frozen or fully trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from captag.models import weights as weights_lib
+
+ALIASES = {
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "tinybert": "huawei-noah/TinyBERT_General_4L_312D",
+    "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
+}
+
+
+def canonical_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def _load_pretrained(name: str, source: weights_lib.WeightsSource):
+    location = source.location if source.kind in ("package", "file") else name
+    try:
+        model = AutoModel.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except OSError as error:
+        if source.kind == "hub":
+            raise weights_lib.WeightsNotFoundError(
+                weights_lib.missing_weights_message(name, error)) from error
+        raise
+    return model, tokenizer
+
+
+# Configs of the seed's text encoders, so that they build offline without weights.
+OFFLINE_CONFIGS = {
+    "bert-base-uncased": dict(model_type="bert"),
+    "huawei-noah/TinyBERT_General_4L_312D": dict(
+        model_type="bert", hidden_size=312, num_hidden_layers=4, num_attention_heads=12,
+        intermediate_size=1200),
+    "sentence-transformers/all-MiniLM-L6-v2": dict(
+        model_type="bert", hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+        intermediate_size=1536),
+    "sentence-transformers/all-mpnet-base-v2": dict(model_type="mpnet"),
+}
+UNCASED_VOCAB_FROM = "sentence-transformers/all-MiniLM-L6-v2"  # ships bert-base-uncased's vocab
+
+
+def _load_random(name: str, location: str | None):
+    """An untrained model, with its config and tokenizer from a folder, a built-in config or the hub."""
+    from transformers import AutoConfig, CONFIG_MAPPING
+    try:
+        config = AutoConfig.from_pretrained(location or name)
+        tokenizer = AutoTokenizer.from_pretrained(location or name)
+    except OSError as error:
+        if name not in OFFLINE_CONFIGS:
+            raise weights_lib.WeightsNotFoundError(
+                f"Building {name!r} without weights still needs its config and tokenizer, which "
+                f"could not be found offline ({error}). Pass a local model folder with --weights "
+                "(config.json and tokenizer files are enough).") from error
+        settings = dict(OFFLINE_CONFIGS[name])
+        config = CONFIG_MAPPING[settings.pop("model_type")](**settings)
+        tokenizer = AutoTokenizer.from_pretrained(weights_lib.packaged_path(UNCASED_VOCAB_FROM))
+    weights_lib.warn_random(name)
+    return AutoModel.from_config(config), tokenizer
+
+
+class TextEncoder(nn.Module):
+    """A transformers encoder that maps tokenised captions to a mean-pooled feature vector."""
+
+    def __init__(self, name: str = "all-MiniLM-L6-v2", weights: str | None = None,
+                 max_length: int = 64):
+        super().__init__()
+        self.name = canonical_name(name)
+        self.source = weights_lib.resolve(self.name, weights)
+        if self.source.kind == "none":
+            packaged = weights_lib.packaged_path(self.name)
+            model, tokenizer = _load_random(self.name, str(packaged) if packaged else None)
+        else:
+            model, tokenizer = _load_pretrained(self.name, self.source)
+        self.model = model
+        self.tokenizer: PreTrainedTokenizerBase = tokenizer
+        self.max_length = max_length
+        self.feature_dim = model.config.hidden_size
+        self.layers = self._find_layers()
+
+    def _find_layers(self) -> nn.ModuleList | None:
+        encoder = getattr(self.model, "encoder", None)
+        if self.model.config.model_type == "bert" and hasattr(encoder, "layer"):
+            return encoder.layer
+        return None
+
+    @property
+    def num_stages(self) -> int:
+        return 1 + len(self.layers) if self.layers is not None else 1
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        out = self.tokenizer(captions, padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+    def _additive_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+    def _run_layers(self, hidden: torch.Tensor, mask: torch.Tensor, first: int, last: int):
+        extended = self._additive_mask(mask, hidden.dtype)
+        for layer in self.layers[first:last]:
+            out = layer(hidden, extended)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+        """Token states after `cut` stages (cut >= 1: the embeddings and cut - 1 layers)."""
+        if self.layers is None or cut < 1:
+            raise ValueError(f"{self.name} can only be cut at stage 1..{self.num_stages - 1}.")
+        hidden = self.model.embeddings(input_ids=input_ids)
+        return self._run_layers(hidden, attention_mask, 0, cut - 1)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor, start: int = 0):
+        """Pooled features from token ids (start 0) or from stage-`start` token states."""
+        if start >= self.num_stages:
+            return tokens
+        if start == 0:
+            hidden = self.model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = self._run_layers(tokens, attention_mask, start - 1, len(self.layers))
+        return self.pool(hidden, attention_mask)
