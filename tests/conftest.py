@@ -1,15 +1,55 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the real data, a feature cache, and a small trained run."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "comp5329"
+MINI = DATA / "mini.csv"
+
+
+def small_csv(path: Path, rows: int, source: Path = MINI) -> Path:
+    """The header and first `rows` records of a real CSV, written to `path`."""
+    from captag.data import read_records
+    records = read_records(source)[:rows]
+    lines = ["ImageID,Labels,Caption"] + [
+        f'{r.image_id},{" ".join(map(str, r.labels))},"{r.caption}"' for r in records]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real COMP5329 data folder (read-only)."""
+    assert DATA.is_dir(), f"The dataset must be at {DATA} (../shared beside the checkout)."
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def frozen_config(cache_dir, **overrides):
+    from captag.config import RunConfig
+    settings = dict(csv=str(MINI), image_trainable=0, text_trainable=0, epochs=8, head_lr=3e-3,
+                    batch_size=32, cache_dir=str(cache_dir), num_workers=0)
+    settings.update(overrides)
+    return RunConfig().update(**settings)
+
+
+@pytest.fixture(scope="session")
+def frozen_run(tmp_path_factory, cache_dir) -> Path:
+    """A fusion model with frozen encoders, trained on mini.csv (head only, cached features)."""
+    from captag.training.trainer import train
+    out = tmp_path_factory.mktemp("runs") / "frozen"
+    train(frozen_config(cache_dir), out, progress=False)
+    return out
 
 
 @pytest.fixture
-def data_dir() -> Path:
-    """The real COMP5329 data folder (read-only)."""
-    if not DATA.is_dir():
-        pytest.skip(f"dataset not found at {DATA}")
-    return DATA
+def run_copy(frozen_run, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(frozen_run, copy)
+    return copy

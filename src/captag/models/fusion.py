@@ -49,6 +49,16 @@ class FusionModel(nn.Module):
                 parameter.requires_grad = True
         return cut
 
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys of the frozen stages (they come back from the encoders' sources)."""
+        names = {id(module): name for name, module in self.named_modules()}
+        keys = set()
+        for encoder, cut in ((self.image, self.image_cut), (self.text, self.text_cut)):
+            for module in (encoder_stages(encoder)[:cut] if encoder is not None else []):
+                prefix = names[id(module)]
+                keys.update(f"{prefix}.{key}" for key in module.state_dict())
+        return keys
+
     def train(self, mode: bool = True):
         super().train(mode)
         for encoder, cut in ((self.image, self.image_cut), (self.text, self.text_cut)):

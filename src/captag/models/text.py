@@ -72,15 +72,23 @@ def _load_random(name: str, location: str | None):
     return AutoModel.from_config(config), tokenizer
 
 
+def _from_config_dir(folder: str):
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(folder)
+    return AutoModel.from_config(config), AutoTokenizer.from_pretrained(folder)
+
+
 class TextEncoder(nn.Module):
     """A transformers encoder that maps tokenised captions to a mean-pooled feature vector."""
 
     def __init__(self, name: str = "all-MiniLM-L6-v2", weights: str | None = None,
-                 max_length: int = 64):
+                 max_length: int = 64, config_dir: str | None = None):
         super().__init__()
         self.name = canonical_name(name)
         self.source = weights_lib.resolve(self.name, weights)
-        if self.source.kind == "none":
+        if config_dir is not None:  # architecture only; the weights are loaded afterwards
+            model, tokenizer = _from_config_dir(config_dir)
+        elif self.source.kind == "none":
             packaged = weights_lib.packaged_path(self.name)
             model, tokenizer = _load_random(self.name, str(packaged) if packaged else None)
         else:
@@ -89,13 +97,19 @@ class TextEncoder(nn.Module):
         self.tokenizer: PreTrainedTokenizerBase = tokenizer
         self.max_length = max_length
         self.feature_dim = model.config.hidden_size
-        self.layers = self._find_layers()
 
-    def _find_layers(self) -> nn.ModuleList | None:
+    @property
+    def layers(self) -> nn.ModuleList | None:
+        """The transformer layers of a BERT-style model; None for other architectures."""
         encoder = getattr(self.model, "encoder", None)
         if self.model.config.model_type == "bert" and hasattr(encoder, "layer"):
             return encoder.layer
         return None
+
+    def save_config(self, folder: str) -> None:
+        """Write the config and tokenizer (not the weights) so the encoder can be rebuilt."""
+        self.model.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
 
     @property
     def num_stages(self) -> int:

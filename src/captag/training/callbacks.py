@@ -1,0 +1,66 @@
+"""Lightning callbacks of a run: the per-epoch metrics.csv, and RNG state kept for exact resume."""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+COLUMNS = ["epoch", "train_loss", "val_loss", "val_f1_samples", "val_f1_micro", "val_f1_macro",
+           "val_map", "seconds"]
+
+
+class MetricsCSV(L.Callback):
+    """Writes one row per epoch to metrics.csv; its rows travel in checkpoints for resume."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        self._started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._started = time.perf_counter()
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = module.val_metrics
+        row = {"epoch": trainer.current_epoch + 1, "train_loss": module.epoch_train_loss,
+               "val_loss": float(trainer.callback_metrics.get("val_loss", float("nan"))),
+               **{k: metrics.get(k, float("nan")) for k in COLUMNS[3:7]},
+               "seconds": round(time.perf_counter() - self._started, 2)}
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            self.write()
+
+    def write(self) -> None:
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state.get("rows", []))
+        self.write()
+
+
+class RngState(L.Callback):
+    """Saves the RNG states in each checkpoint and puts them back when a run resumes."""
+
+    def state_dict(self) -> dict:
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "python": random.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])

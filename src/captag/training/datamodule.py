@@ -1,0 +1,145 @@
+"""The LightningDataModule: cached activations of the frozen stages, or images and captions.
+
+For each encoder, when its lower stages are frozen their activations come from the feature
+cache; when it is trained whole, the raw input comes with the seed's augmentation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from captag.data.dataset import CachedFeatures, CaptionedImages
+from captag.data.records import Record
+from captag.data.transforms import build_transform
+from captag.models.fusion import FusionModel
+from captag.training.cache import FeatureCache
+from captag.training.features import image_activations, text_activations
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class Joined(Dataset):
+    """Items of several datasets of the same length, merged key by key."""
+
+    def __init__(self, *parts: Dataset):
+        self.parts = [p for p in parts if p is not None]
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, index: int) -> dict:
+        item = {}
+        for part in self.parts:
+            item.update(part[index])
+        return item
+
+
+class Collate:
+    """Stacks items into a model batch; tokenises raw captions, trims cached token padding."""
+
+    def __init__(self, model: FusionModel, image_start: int, text_start: int):
+        self.tokenizer = model.text.tokenize if model.text is not None else None
+        self.image_start, self.text_start = image_start, text_start
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {"index": torch.tensor([i["index"] for i in items]),
+                 "image_start": self.image_start, "text_start": self.text_start}
+        if "target" in items[0]:
+            batch["target"] = torch.stack([i["target"] for i in items])
+        if "image" in items[0]:
+            batch["image"] = torch.stack([i["image"] for i in items]).float()
+        if "text_mask" in items[0]:
+            mask = torch.stack([i["text_mask"] for i in items]).long()
+            length = int(mask.sum(1).max())
+            batch["attention_mask"] = mask[:, :length]
+            batch["input_ids"] = torch.stack([i["text"] for i in items])[:, :length].float()
+        elif "text" in items[0]:
+            batch["input_ids"] = torch.stack([i["text"] for i in items]).float()
+        elif self.tokenizer is not None:
+            batch.update(self.tokenizer([i["caption"] for i in items]))
+        return batch
+
+
+class CaptagDataModule(L.LightningDataModule):
+    """Train and validation data for one run, built from records already split."""
+
+    def __init__(self, cfg, model: FusionModel, train: Sequence[Record], val: Sequence[Record],
+                 train_targets: np.ndarray, val_targets: np.ndarray, image_dir: Path,
+                 cache: FeatureCache, progress: bool = True):
+        super().__init__()
+        self.cfg, self.model = cfg, model
+        self.records = {"train": list(train), "val": list(val)}
+        self.targets = {"train": train_targets, "val": val_targets}
+        self.image_dir, self.cache, self.progress = Path(image_dir), cache, progress
+        self.datasets: dict[str, Dataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            for split in ("train", "val"):
+                if self.records[split]:
+                    self.datasets[split] = self._build(split)
+
+    def _build(self, split: str) -> Dataset:
+        records, targets = self.records[split], self.targets[split]
+        cached, raw_images = {}, False
+        if self.model.image is not None:
+            if self.model.image_cut > 0:
+                cached["image"] = image_activations(
+                    self.model, records, self.image_dir, self.cfg.image_size, self.cache,
+                    num_workers=self.cfg.num_workers, progress=self.progress)
+            else:
+                raw_images = True
+        if self.model.text is not None and self.model.text_cut > 0:
+            cached.update(text_activations(self.model, [r.caption for r in records], self.cache,
+                                           progress=self.progress))
+        raw = None
+        if raw_images or (self.model.text is not None and self.model.text_cut == 0):
+            raw = CaptionedImages(records, self.image_dir, self._transform(split == "train"),
+                                  with_images=raw_images)
+        features = CachedFeatures(cached, targets) if cached else None
+        if features is None:
+            raw.targets = torch.as_tensor(targets, dtype=torch.float32)
+        return Joined(raw, features)
+
+    def _transform(self, train: bool):
+        encoder = self.model.image
+        if encoder is None:
+            return None
+        return build_transform(self.cfg.image_size, encoder.mean, encoder.std, train=train,
+                               hflip=self.cfg.hflip, rotation=self.cfg.rotation)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.datasets[split]
+        sampler = EpochSampler(len(data), self.cfg.seed) if shuffle else None
+        raw_images = self.model.image is not None and self.model.image_cut == 0
+        workers = self.cfg.num_workers if raw_images else 0
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
+                          num_workers=workers, persistent_workers=False,
+                          collate_fn=Collate(self.model, self.model.image_cut, self.model.text_cut))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)

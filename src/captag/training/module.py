@@ -1,0 +1,81 @@
+"""The LightningModule: BCE-with-logits over the fused model, Adam, validation F1 each epoch."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from captag.evaluation.metrics import compute_metrics
+from captag.models.fusion import FusionModel
+
+
+def model_inputs(batch: dict) -> dict:
+    return {"image": batch.get("image"), "input_ids": batch.get("input_ids"),
+            "attention_mask": batch.get("attention_mask"),
+            "image_start": batch.get("image_start", 0), "text_start": batch.get("text_start", 0)}
+
+
+class CaptagModule(L.LightningModule):
+    """Trains a FusionModel; keeps the epoch's train loss and the validation metrics."""
+
+    def __init__(self, model: FusionModel, lr: float = 1e-4, head_lr: float = 1e-3,
+                 weight_decay: float = 0.0, at_least_one: bool = True):
+        super().__init__()
+        self.model = model
+        self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
+        self.at_least_one = at_least_one
+        self.loss = nn.BCEWithLogitsLoss()
+        self._train_losses: list[float] = []
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.epoch_train_loss = float("nan")
+        self.val_metrics: dict[str, float] = {}
+        self.strict_loading = False  # checkpoints hold the trained part only
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        frozen = self.model.frozen_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k.removeprefix("model.") not in frozen}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**model_inputs(batch))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch), batch["target"])
+        self._train_losses.append(loss.detach().item())
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["target"]))
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_losses = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch)
+        loss = self.loss(logits, batch["target"])
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True,
+                 batch_size=len(batch["target"]))
+        self._val_outputs.append((batch["index"], torch.sigmoid(logits).float(), batch["target"]))
+
+    def on_validation_epoch_end(self) -> None:
+        index, probs, targets = (torch.cat(parts) for parts in zip(*self._val_outputs))
+        self._val_outputs = []
+        if self.trainer.world_size > 1:
+            index, probs, targets = (self.all_gather(t).flatten(0, 1) for t in (index, probs, targets))
+        _, first = np.unique(index.cpu().numpy(), return_index=True)
+        metrics = compute_metrics(targets.cpu().numpy()[first], probs.cpu().numpy()[first],
+                                  at_least_one=self.at_least_one)
+        self.val_metrics = {f"val_{k}": float(v) for k, v in metrics.items() if k != "n_samples"}
+        self.log_dict(self.val_metrics, prog_bar=False, sync_dist=False)
+        self.log("val_f1", self.val_metrics["val_f1_samples"], prog_bar=True)
+        losses = self._train_losses
+        self.epoch_train_loss = float(np.mean(losses)) if losses else float("nan")
+
+    def configure_optimizers(self):
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        head_ids = {id(p) for p in head}
+        encoders = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": head, "lr": self.head_lr}]
+        if encoders:
+            groups.append({"params": encoders, "lr": self.lr})
+        return torch.optim.Adam(groups, weight_decay=self.weight_decay)

@@ -1,0 +1,173 @@
+"""`train`: one run from a CSV to a finished run folder, on Lightning.
+
+Steps: read and check the data, split it, build the model, fill the feature cache, fit with
+checkpoints, then tune the decision threshold on validation and save the best model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from captag.config import RunConfig
+from captag.data import LabelMap, check_images, read_records, resolve_image_dir, split_ids
+from captag.data.split import load_split, save_split
+from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
+                                       tune_threshold)
+from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
+from captag.models.registry import model_from_config
+from captag.training.cache import FeatureCache
+from captag.training.callbacks import MetricsCSV, RngState
+from captag.training.datamodule import CaptagDataModule
+from captag.training.module import CaptagModule
+from captag.training.run import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+class BadImagesError(RuntimeError):
+    """Some images are missing or unreadable; training did not start."""
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def screen_images(records, image_dir: Path, skip_bad: bool, run: RunFolder, progress: bool):
+    """Check every image before training; stop, or leave the bad ones out with --skip-bad."""
+    bad = check_images([r.image_id for r in records], image_dir, progress=progress)
+    if not bad:
+        return records
+    listing = "\n".join(f"  {b.image_id}: {b.reason}" for b in bad)
+    if not skip_bad:
+        raise BadImagesError(
+            f"{len(bad)} of {len(records)} images in {image_dir} cannot be used:\n{listing}\n"
+            "Fix or remove them, or pass --skip-bad to leave those rows out of the run.")
+    log.warning("Leaving out %d rows with bad images:\n%s", len(bad), listing)
+    if is_rank_zero():
+        run.write_json(run.bad_images, [{"image_id": b.image_id, "reason": b.reason} for b in bad])
+    skipped = {b.image_id for b in bad}
+    return [r for r in records if r.image_id not in skipped]
+
+
+def _split(records, cfg: RunConfig, run: RunFolder, resume: bool):
+    if resume and run.split.exists():
+        train_ids, val_ids = load_split(run.split)
+    else:
+        train_ids, val_ids = split_ids([r.image_id for r in records], cfg.val_fraction, cfg.seed)
+        if is_rank_zero():
+            save_split(run.split, train_ids, val_ids, cfg.seed, cfg.val_fraction)
+    by_id = {r.image_id: r for r in records}
+    return [by_id[i] for i in train_ids if i in by_id], [by_id[i] for i in val_ids if i in by_id]
+
+
+def _prepare_folder(cfg: RunConfig, run: RunFolder, resume: bool) -> RunConfig:
+    if resume:
+        if not (run.checkpoints / "last.ckpt").exists():
+            raise FileNotFoundError(f"Cannot resume {run.path}: it has no checkpoints/last.ckpt.")
+        return run.load_config()
+    if run.config.exists():
+        raise FileExistsError(f"{run.path} already holds a run. Pass --resume {run.path} to "
+                              "continue it, or choose another --out folder.")
+    if not cfg.csv:
+        raise ValueError("No training data: pass --csv PATH (or csv: in the config file).")
+    run.path.mkdir(parents=True, exist_ok=True)
+    if is_rank_zero():
+        cfg.save(run.config)
+    return cfg
+
+
+def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool) -> L.Trainer:
+    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_f1_samples",
+                           mode="max", save_last=True, enable_version_counter=False)
+    extra = [TQDMProgressBar(refresh_rate=10)] if progress else []
+    return L.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+        precision=cfg.precision, deterministic=False, num_sanity_val_steps=0,
+        callbacks=[best, MetricsCSV(run.metrics), RngState(), *extra, *callbacks],
+        logger=CSVLogger(run.path, name="logs", version=""), log_every_n_steps=20,
+        enable_progress_bar=progress, enable_model_summary=False)
+
+
+def validation_probs(module: CaptagModule, loader) -> tuple[np.ndarray, np.ndarray]:
+    module.eval()
+    probs, targets = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            probs.append(torch.sigmoid(module(batch)).float())
+            targets.append(batch["target"])
+    return torch.cat(probs).numpy(), torch.cat(targets).numpy()
+
+
+def train(cfg: RunConfig, out: str | Path, resume: bool = False, callbacks=(),
+          progress: bool = True) -> dict:
+    """Train one model into the run folder `out` and return its summary."""
+    started = time.perf_counter()
+    run = RunFolder(out)
+    cfg = _prepare_folder(cfg, run, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    labels = LabelMap.default()
+    records = read_records(cfg.csv, labels.ids)
+    if any(r.labels is None for r in records):
+        raise ValueError(f"{cfg.csv} has no Labels column: training needs labelled rows.")
+    model = model_from_config(cfg, num_labels=len(labels))
+    image_dir = resolve_image_dir(cfg.csv, cfg.images) if model.image else Path(".")
+    if model.image is not None:
+        records = screen_images(records, image_dir, cfg.skip_bad, run, progress)
+    train_records, val_records = _split(records, cfg, run, resume)
+    if is_rank_zero():
+        labels.save(run.labels)
+    data = CaptagDataModule(
+        cfg, model, train_records, val_records, labels.encode_many([r.labels for r in train_records]),
+        labels.encode_many([r.labels for r in val_records]), image_dir,
+        FeatureCache(cfg.cache_dir), progress=progress)
+    data.setup("fit")
+    features_seconds = time.perf_counter() - started
+    module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one)
+    trainer = _trainer(cfg, run, list(callbacks), progress)
+    fit_started = time.perf_counter()
+    trainer.fit(module, datamodule=data,
+                ckpt_path=str(run.checkpoints / "last.ckpt") if resume else None)
+    fit_seconds = time.perf_counter() - fit_started
+    if not trainer.is_global_zero:
+        return {}
+    return _finish(cfg, run, module, trainer, data, labels,
+                   {"features_seconds": round(features_seconds, 2),
+                    "fit_seconds": round(fit_seconds, 2), "started": started})
+
+
+def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, times: dict) -> dict:
+    best_path = trainer.checkpoint_callback.best_model_path or str(run.checkpoints / "last.ckpt")
+    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state, strict=False)
+    module.cpu()
+    probs, targets = validation_probs(module, data.val_dataloader())
+    threshold, tuned_f1 = tune_threshold(targets, probs, at_least_one=cfg.at_least_one)
+    at_half = compute_metrics(targets, probs, 0.5, cfg.at_least_one)
+    tuned = compute_metrics(targets, probs, threshold, cfg.at_least_one)
+    save_thresholds(run.thresholds, threshold, tuned_f1, at_half["f1_samples"])
+    run.save_model(module.model)
+    size_mb = parameter_mb(module.model)
+    summary = {
+        "model": cfg.model, "best_checkpoint": Path(best_path).name,
+        "best_epoch": int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]) + 1,
+        "threshold": threshold,
+        "val": {k: float(v) for k, v in tuned.items()},
+        "val_at_0.5": {k: float(v) for k, v in at_half.items()},
+        "val_per_class": per_class_report(targets, probs, threshold, labels.ids, labels.names),
+        "parameters": parameter_count(module.model), "parameter_mb_fp32": round(size_mb, 2),
+        "model_file_mb": round(file_mb(run.model), 2),
+        **{k: v for k, v in times.items() if k != "started"},
+        "train_seconds": round(time.perf_counter() - times["started"], 2),
+    }
+    summary["within_budget"] = check_budget(summary["model_file_mb"])
+    run.write_json(run.summary, summary)
+    return summary

@@ -1,0 +1,72 @@
+"""The command line on a finished run folder: evaluate and predict round trips, and errors."""
+
+import csv
+import json
+
+import pytest
+
+from captag.cli import main
+from captag.data import LABEL_IDS, load_split, read_records
+from conftest import DATA, MINI
+
+
+def test_evaluate_json_from_the_run_folder_alone(run_copy, capsys):
+    assert main(["evaluate", str(run_copy), "--csv", str(MINI), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("f1_samples", "f1_micro", "f1_macro", "map", "n_samples", "seconds",
+                "samples_per_second", "model_mb"):
+        assert key in result, key
+    assert result["n_samples"] == 1000
+    assert 0.3 < result["f1_samples"] <= 1.0
+    assert result["model_mb"] < 100
+
+
+def test_evaluate_on_validation_rows_matches_training(run_copy, tmp_path, capsys):
+    _, val_ids = load_split(run_copy / "split.json")
+    records = {r.image_id: r for r in read_records(MINI)}
+    val_csv = tmp_path / "val.csv"
+    val_csv.write_text("ImageID,Labels,Caption\n" + "".join(
+        f'{i},{" ".join(map(str, records[i].labels))},"{records[i].caption}"\n' for i in val_ids))
+    assert main(["evaluate", str(run_copy), "--csv", str(val_csv),
+                 "--images", str(DATA / "data"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((run_copy / "summary.json").read_text())
+    assert result["n_samples"] == 200
+    assert result["f1_samples"] == pytest.approx(summary["val"]["f1_samples"], abs=0.01)
+
+
+def test_predict_writes_a_submission(run_copy, tmp_path):
+    out = tmp_path / "submission.csv"
+    assert main(["-q", "predict", str(run_copy), "--csv", str(DATA / "test_mini.csv"),
+                 "--output", str(out)]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["ImageID", "Labels"]
+    assert [r[0] for r in rows[1:]] == [r.image_id for r in read_records(DATA / "test_mini.csv")]
+    for _, labels in rows[1:]:
+        ids = [int(x) for x in labels.split()]
+        assert ids and set(ids) <= set(LABEL_IDS)
+
+
+def test_evaluate_needs_labels(run_copy, capsys):
+    code = main(["evaluate", str(run_copy), "--csv", str(DATA / "test_mini.csv")])
+    assert code == 2 and "predict" in capsys.readouterr().err
+
+
+def test_not_a_run_folder(tmp_path, capsys):
+    code = main(["evaluate", str(tmp_path), "--csv", str(MINI)])
+    assert code == 2 and "not a finished captag run folder" in capsys.readouterr().err
+
+
+def test_bad_csv_line_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('ImageID,Labels,Caption\n0.jpg,1,"ok"\n1.jpg,12,"twelve"\n')
+    code = main(["train", "--csv", str(bad), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and ":3" in err and "1.jpg" in err
+
+
+def test_unknown_config_option_is_named(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochz: 3\n")
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert code == 2 and "epochz" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""Training on the real mini data: learning, the run folder, resume after kill -9, bad images."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from captag.cli import main
+from captag.data import LabelMap, load_split, read_records
+from captag.evaluation.metrics import compute_metrics
+from conftest import MINI, frozen_config, small_csv
+
+
+def person_baseline(run: Path) -> float:
+    """Samples-F1 on the run's validation rows of always predicting 'person' alone."""
+    _, val_ids = load_split(run / "split.json")
+    by_id = {r.image_id: r for r in read_records(MINI)}
+    labels = LabelMap.default()
+    targets = labels.encode_many([by_id[i].labels for i in val_ids])
+    always_person = np.zeros_like(targets)
+    always_person[:, labels.ids.index(1)] = 1.0
+    return compute_metrics(targets, always_person)["f1_samples"]
+
+
+def test_frozen_training_beats_always_person(frozen_run):
+    summary = json.loads((frozen_run / "summary.json").read_text())
+    baseline = person_baseline(frozen_run)
+    assert summary["val"]["f1_samples"] > baseline + 0.05, (summary["val"], baseline)
+
+
+def test_run_folder_is_complete(frozen_run):
+    for name in ("config.yaml", "metrics.csv", "labels.json", "split.json", "thresholds.json",
+                 "model.safetensors", "summary.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (frozen_run / name).exists(), name
+    config = yaml.safe_load((frozen_run / "config.yaml").read_text())
+    assert config["image_trainable"] == 0 and config["epochs"] == 8
+    rows = list(csv.DictReader((frozen_run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert {"train_loss", "val_loss", "val_f1_samples", "val_f1_micro", "val_f1_macro"} <= set(rows[0])
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    split = json.loads((frozen_run / "split.json").read_text())
+    assert (len(split["train"]), len(split["val"])) == (800, 200)
+    assert json.loads((frozen_run / "labels.json").read_text())["ids"] == list(LabelMap.default().ids)
+    thresholds = json.loads((frozen_run / "thresholds.json").read_text())
+    assert 0.0 < thresholds["threshold"] < 1.0
+    assert thresholds["f1_samples_tuned"] >= thresholds["f1_samples_at_0.5"]
+
+
+def test_existing_run_folder_is_not_overwritten(frozen_run, capsys):
+    code = main(["train", "--csv", str(MINI), "--out", str(frozen_run)])
+    assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+KILL_AFTER_SECOND_EPOCH = """
+import os, signal, sys
+import lightning as L
+from captag.config import RunConfig
+from captag.training.trainer import train
+
+class KillAfterSecondEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(RunConfig.from_yaml(sys.argv[1]), sys.argv[2], callbacks=[KillAfterSecondEpoch()], progress=False)
+"""
+
+
+def _rows_without_time(run: Path) -> list[dict]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_resume_after_kill_gives_the_same_result(tmp_path, cache_dir):
+    from captag.training.trainer import train
+    data = small_csv(tmp_path / "small.csv", 160)
+    cfg = frozen_config(cache_dir, csv=str(data), images=str(MINI.parent / "data"),
+                        image_trainable=1, text_trainable=1, epochs=4, batch_size=16,
+                        image_size=96, dropout=0.3)
+    train(cfg, tmp_path / "whole", progress=False)
+
+    cfg.save(tmp_path / "cfg.yaml")
+    script = tmp_path / "killed.py"
+    script.write_text(KILL_AFTER_SECOND_EPOCH)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"),
+                             str(tmp_path / "resumed")], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert len(_rows_without_time(tmp_path / "resumed")) == 2
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+
+    assert main(["-q", "train", "--resume", str(tmp_path / "resumed")]) == 0
+    assert _rows_without_time(tmp_path / "resumed") == _rows_without_time(tmp_path / "whole")
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all((whole[k] == resumed[k]).all() for k in whole)
+
+
+def _images_with_faults(tmp_path: Path, rows: int) -> tuple[Path, Path]:
+    data = small_csv(tmp_path / "small.csv", rows)
+    images = tmp_path / "images"
+    images.mkdir()
+    for record in read_records(data):
+        (images / record.image_id).symlink_to(MINI.parent / "data" / record.image_id)
+    records = read_records(data)
+    (images / records[3].image_id).unlink()
+    truncated = images / records[7].image_id
+    payload = truncated.read_bytes()
+    truncated.unlink()
+    truncated.write_bytes(payload[: len(payload) // 2])
+    return data, images
+
+
+def test_bad_images_stop_training_before_it_starts(tmp_path, capsys):
+    data, images = _images_with_faults(tmp_path, 40)
+    records = read_records(data)
+    code = main(["-q", "train", "--csv", str(data), "--images", str(images), "--out",
+                 str(tmp_path / "run"), "--freeze", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{records[3].image_id}: missing" in err and f"{records[7].image_id}: truncated" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_skip_bad_leaves_rows_out_and_lists_them(tmp_path, cache_dir):
+    data, images = _images_with_faults(tmp_path, 40)
+    records = read_records(data)
+    code = main(["-q", "train", "--csv", str(data), "--images", str(images), "--out",
+                 str(tmp_path / "run"), "--freeze", "--epochs", "1", "--skip-bad",
+                 "--cache-dir", str(cache_dir)])
+    assert code == 0
+    listed = json.loads((tmp_path / "run" / "bad_images.json").read_text())
+    assert [b["image_id"] for b in listed] == sorted([records[3].image_id, records[7].image_id],
+                                                      key=lambda s: int(s.split(".")[0]))
+    train_ids, val_ids = load_split(tmp_path / "run" / "split.json")
+    assert len(train_ids) + len(val_ids) == 38
+    assert records[3].image_id not in train_ids + val_ids
+
+
+def test_whole_encoders_train_from_augmented_pixels(tmp_path, cache_dir):
+    from captag.training.trainer import train
+    data = small_csv(tmp_path / "small.csv", 40)
+    cfg = frozen_config(cache_dir, csv=str(data), images=str(MINI.parent / "data"),
+                        image_trainable=-1, text_trainable=-1, epochs=1, batch_size=16,
+                        image_size=64)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["val"]["n_samples"] == 8
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
