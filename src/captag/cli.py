@@ -89,7 +89,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from captag.evaluation.evaluate import evaluate_run
     result = evaluate_run(args.run_dir, args.csv, args.images, args.batch_size,
-                          args.num_workers, args.engine, progress=not (args.quiet or args.json))
+                          args.num_workers, args.engine, progress=not (args.quiet or args.json),
+                          split=args.split)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -123,6 +124,91 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto")
 
 
+def _add_study_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", help="labelled CSV (ImageID,Labels,Caption)")
+    p.add_argument("--images", help="image folder (default: data/ beside the CSV)")
+    p.add_argument("--config", help="YAML file of base settings; options given here override it")
+    p.add_argument("--mode", choices=["frozen", "finetune"],
+                   help="frozen encoders (default) or encoders trained whole (GPU)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate of encoders and head alike")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/captag or $CAPTAG_CACHE)")
+    p.add_argument("--out", required=True, help="study folder: results.csv, report, runs/")
+    p.add_argument("--include-random", action="store_true",
+                   help="also train models without pretrained weights offline (randomly initialised)")
+
+
+def _study_config(args):
+    import yaml
+    from captag.config import RunConfig
+    cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    given = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+    mode = args.mode or ("file" if {"image_trainable", "text_trainable"} & set(given) else "frozen")
+    if mode != "file":
+        trainable = 0 if mode == "frozen" else -1
+        cfg = cfg.update(image_trainable=trainable, text_trainable=trainable)
+    if args.csv is None and not cfg.csv:
+        args.csv = DEFAULT_CSV
+    return cfg.update(csv=args.csv, images=args.images, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, head_lr=args.lr, seed=args.seed,
+                      cache_dir=args.cache_dir)
+
+
+def _study_run(args, function, *positional, **keywords) -> int:
+    from captag.experiments.runner import results_table
+    cfg = _study_config(args)
+    rows = function(cfg.csv, *positional, args.out, cfg, include_random=args.include_random,
+                    progress=not args.quiet, **keywords)
+    print(f"\n{results_table(rows)}\n\nresults: {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from captag.experiments.study import compare
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise ValueError("Pass --models as a comma-separated list, e.g. image-only,text-only,fusion.")
+    return _study_run(args, compare, models)
+
+
+def cmd_sweep(args) -> int:
+    from captag.experiments.study import sweep
+    return _study_run(args, sweep, args.model, args.grid, optuna_trials=args.optuna)
+
+
+def cmd_ablate(args) -> int:
+    from captag.experiments.study import ablate
+    return _study_run(args, ablate, args.model)
+
+
+def cmd_study(args) -> int:
+    from captag.experiments.study import study
+    return _study_run(args, study)
+
+
+def _add_study_commands(sub) -> None:
+    p = sub.add_parser("compare", help="train several models with the same settings")
+    _add_study_options(p)
+    p.add_argument("--models", required=True, help="comma-separated model names")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("sweep", help="train one model over a grid of settings")
+    _add_study_options(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--grid", required=True,
+                   help='e.g. "batch_size=16,32,64 lr=1e-5,1e-4,1e-3 epochs=2,3,4"')
+    p.add_argument("--optuna", type=int, metavar="N", help="N Optuna (TPE) trials instead of every point")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("ablate", help="a fused model IMAGE+TEXT against each encoder alone")
+    _add_study_options(p)
+    p.add_argument("--model", required=True, help="IMAGE+TEXT")
+    p.set_defaults(func=cmd_ablate)
+    p = sub.add_parser("study", help="the seed's study: comparison, three sweeps and ablation")
+    _add_study_options(p)
+    p.set_defaults(func=cmd_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captag", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and logs")
@@ -136,11 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a run on labelled rows")
     _add_inference_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--split", choices=["val", "train"],
+                   help="score only the run's validation (or training) rows of the CSV")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="write a Kaggle submission")
     _add_inference_options(p)
     p.add_argument("--output", required=True, help="CSV to write (ImageID,Labels)")
     p.set_defaults(func=cmd_predict)
+    _add_study_commands(sub)
     return parser
 
 

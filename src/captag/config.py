@@ -30,6 +30,8 @@ class RunConfig:
     lr: float = 1e-4              # encoders
     head_lr: float = 1e-3
     weight_decay: float = 0.0
+    schedule: str = "constant"    # constant, linear or cosine decay (per step)
+    warmup: float = 0.0           # fraction of steps of linear warm-up
     seed: int = 0
     val_fraction: float = 0.2
     hflip: float = 0.5

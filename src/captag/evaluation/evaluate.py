@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captag.data import LabelMap, check_images, read_records, resolve_image_dir
+from captag.data import LabelMap, check_images, load_split, read_records, resolve_image_dir
 from captag.evaluation.inference import Predictor
 from captag.evaluation.metrics import compute_metrics, load_thresholds, per_class_report, predict_labels
 from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
@@ -27,12 +27,27 @@ def _records_and_images(predictor: Predictor, csv_path, images, labels: LabelMap
     return records, image_dir
 
 
+def _only_split(records, run, split: str):
+    train_ids, val_ids = load_split(run.split)
+    wanted = set(val_ids if split == "val" else train_ids)
+    chosen = [r for r in records if r.image_id in wanted]
+    if not chosen:
+        raise ValueError(f"No row of the CSV is in the run's {split} split: --split {split} is "
+                         "meant for the CSV that the run was trained on.")
+    return chosen
+
+
 def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_workers: int = 1,
-                 engine: str = "auto", progress: bool = True) -> dict:
-    """Scores of the run's model with its tuned threshold on every labelled row of `csv_path`."""
+                 engine: str = "auto", progress: bool = True, split: str | None = None) -> dict:
+    """Scores of the run's model with its tuned threshold on the labelled rows of `csv_path`.
+
+    With `split` ('val' or 'train'), only the rows of that split of the run are scored.
+    """
     predictor = Predictor(run_dir, engine)
     run, labels = predictor.run, LabelMap.load(predictor.run.labels)
     records, image_dir = _records_and_images(predictor, csv_path, images, labels)
+    if split:
+        records = _only_split(records, run, split)
     if any(r.labels is None for r in records):
         raise ValueError(f"{csv_path} has no Labels column: evaluate needs labelled rows; "
                          "use `captag predict` for unlabelled ones.")

@@ -48,7 +48,8 @@ OFFLINE_CONFIGS = {
     "sentence-transformers/all-MiniLM-L6-v2": dict(
         model_type="bert", hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
         intermediate_size=1536),
-    "sentence-transformers/all-mpnet-base-v2": dict(model_type="mpnet"),
+    "sentence-transformers/all-mpnet-base-v2": dict(
+        model_type="mpnet", max_position_embeddings=514, layer_norm_eps=1e-5),
 }
 UNCASED_VOCAB_FROM = "sentence-transformers/all-MiniLM-L6-v2"  # ships bert-base-uncased's vocab
 
@@ -56,10 +57,11 @@ UNCASED_VOCAB_FROM = "sentence-transformers/all-MiniLM-L6-v2"  # ships bert-base
 def _load_random(name: str, location: str | None):
     """An untrained model, with its config and tokenizer from a folder, a built-in config or the hub."""
     from transformers import AutoConfig, CONFIG_MAPPING
+    local_only = location is None and (name in OFFLINE_CONFIGS or weights_lib.hub_offline())
     try:
-        config = AutoConfig.from_pretrained(location or name)
-        tokenizer = AutoTokenizer.from_pretrained(location or name)
-    except OSError as error:
+        config = AutoConfig.from_pretrained(location or name, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(location or name, local_files_only=local_only)
+    except (OSError, ValueError) as error:
         if name not in OFFLINE_CONFIGS:
             raise weights_lib.WeightsNotFoundError(
                 f"Building {name!r} without weights still needs its config and tokenizer, which "

@@ -57,10 +57,17 @@ class RngState(L.Callback):
     """Saves the RNG states in each checkpoint and puts them back when a run resumes."""
 
     def state_dict(self) -> dict:
-        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                "python": random.getstate()}
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss = random.getstate()
+        return {"torch": torch.get_rng_state(),
+                "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached": float(cached)},
+                "python": {"version": version, "internal": torch.tensor(internal), "gauss": gauss}}
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["cached"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss"]))

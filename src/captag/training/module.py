@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
@@ -21,11 +23,13 @@ class CaptagModule(L.LightningModule):
     """Trains a FusionModel; keeps the epoch's train loss and the validation metrics."""
 
     def __init__(self, model: FusionModel, lr: float = 1e-4, head_lr: float = 1e-3,
-                 weight_decay: float = 0.0, at_least_one: bool = True):
+                 weight_decay: float = 0.0, at_least_one: bool = True, schedule: str = "constant",
+                 warmup: float = 0.0):
         super().__init__()
         self.model = model
         self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
         self.at_least_one = at_least_one
+        self.schedule, self.warmup = schedule, warmup
         self.loss = nn.BCEWithLogitsLoss()
         self._train_losses: list[float] = []
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -78,4 +82,24 @@ class CaptagModule(L.LightningModule):
         groups = [{"params": head, "lr": self.head_lr}]
         if encoders:
             groups.append({"params": encoders, "lr": self.lr})
-        return torch.optim.Adam(groups, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(groups, weight_decay=self.weight_decay)
+        if self.schedule == "constant":
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, self.warmup, self.schedule))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
+    """Linear warm-up over the first `warmup` fraction of steps, then linear or cosine decay."""
+    warm = int(total * warmup)
+    if step < warm:
+        return (step + 1) / warm
+    progress = min((step - warm) / max(total - warm, 1), 1.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"Unknown schedule {schedule!r}: use constant, linear or cosine.")

@@ -131,7 +131,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, callbacks=(),
         FeatureCache(cfg.cache_dir), progress=progress)
     data.setup("fit")
     features_seconds = time.perf_counter() - started
-    module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one)
+    module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one,
+                          cfg.schedule, cfg.warmup)
     trainer = _trainer(cfg, run, list(callbacks), progress)
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=data,

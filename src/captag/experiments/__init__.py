@@ -1,0 +1,1 @@
+"""Experiments: comparisons, sweeps, ablations and the seed's study, over normal run folders."""

@@ -1,0 +1,276 @@
+"""Run many configs into one study folder: a normal run folder and a results.csv row for each.
+
+    OUT/runs/NAME/    one run folder per config (train, evaluate and predict work on it)
+    OUT/results.csv   one row per config, rewritten after each run
+
+A run folder that already holds summary.json is reused, so an interrupted study continues.
+Models whose pretrained weights are not available offline are listed as skipped (weights
+"none") unless random initialisation is asked for; a failed run is recorded and the rest go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+from captag.config import RunConfig
+from captag.data import LabelMap, load_split, read_records, resolve_image_dir
+from captag.evaluation.speed import Timer, throughput
+from captag.models.registry import encoder_names
+from captag.models.text import canonical_name
+from captag.models.weights import WeightsNotFoundError, resolve
+from captag.training.run import RunFolder
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = [
+    "run", "group", "model", "mode", "image_encoder", "text_encoder", "batch_size", "lr",
+    "head_lr", "epochs", "f1_samples", "f1_micro", "f1_macro", "map", "f1_samples_at_0.5",
+    "threshold", "train_seconds", "predict_seconds", "predict_samples_per_second", "size_mb",
+    "model_file_mb", "within_budget", "parameters", "weights", "status", "run_dir"]
+SKIPPED_RANDOM = "skipped: no pretrained weights offline"
+RUNTIME_FIELDS = ("cache_dir", "num_workers", "accelerator", "devices")
+
+
+def mode_of(cfg: RunConfig) -> str:
+    if cfg.image_trainable == 0 and cfg.text_trainable == 0:
+        return "frozen"
+    if cfg.image_trainable == -1 and cfg.text_trainable == -1:
+        return "finetune"
+    return "partial"
+
+
+def encoders(cfg: RunConfig) -> dict[str, tuple[str, str | None]]:
+    """{"image"/"text": (encoder name, weights setting)} for the encoders the model uses."""
+    image, text = encoder_names(cfg.model, cfg.image_encoder, cfg.text_encoder)
+    found = {"image": (image, cfg.image_weights)} if image else {}
+    if text:
+        found["text"] = (canonical_name(text), cfg.text_weights)
+    return found
+
+
+def has_offline_weights(encoder_name: str, weights: str | None = None) -> bool:
+    """True only if the encoder's weights come from an installed package or a local file."""
+    try:
+        return resolve(canonical_name(encoder_name), weights).kind in ("package", "file")
+    except WeightsNotFoundError:
+        return False
+
+
+def random_encoders(cfg: RunConfig) -> list[str]:
+    """Roles ("image", "text") whose weights would have to come from the hub."""
+    return [role for role, (name, weights) in encoders(cfg).items()
+            if resolve(name, weights).kind == "hub"]
+
+
+def describe_weights(kinds: dict[str, str]) -> str:
+    """ "image:package text:package"; "none" when every encoder is randomly initialised."""
+    if all(kind == "none" for kind in kinds.values()):
+        return "none"
+    return " ".join(f"{role}:{kind}" for role, kind in kinds.items())
+
+
+def planned_weights(cfg: RunConfig) -> str:
+    """Where the weights would come from, without building the model (random ones as none)."""
+    random = random_encoders(cfg)
+    kinds = {}
+    for role, (name, weights) in encoders(cfg).items():
+        try:
+            kinds[role] = "none" if role in random else resolve(name, weights).kind
+        except WeightsNotFoundError:
+            kinds[role] = "missing"
+    return describe_weights(kinds)
+
+
+class ModelRecorder(Callback):
+    """Keeps the model that the trainer built, to read its encoders' weight sources."""
+
+    model = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.model = pl_module.model
+
+
+def model_sources(model) -> dict[str, str]:
+    return {role: getattr(model, role).source.kind for role in ("image", "text")
+            if getattr(model, role) is not None}
+
+
+def _check_same_settings(run: RunFolder, cfg: RunConfig) -> None:
+    saved, wanted = run.load_config().to_dict(), cfg.to_dict()
+    for key in ("csv", "images"):
+        for values in (saved, wanted):
+            values[key] = str(Path(values[key]).resolve()) if values[key] else values[key]
+    differ = [k for k in wanted if k not in RUNTIME_FIELDS and saved.get(k) != wanted[k]]
+    if differ:
+        raise FileExistsError(f"{run.path} holds a run with other settings ({', '.join(differ)}); "
+                              "use another --out folder or remove that run folder.")
+
+
+def _train(cfg: RunConfig, run: RunFolder, progress: bool) -> dict:
+    from captag.training.trainer import train
+    recorder = ModelRecorder()
+    summary = None
+    if (run.checkpoints / "last.ckpt").exists():
+        try:
+            summary = train(cfg, run.path, resume=True, callbacks=[recorder], progress=progress)
+        except Exception as error:
+            log.warning("Could not resume %s (%s); training it again from the start.",
+                        run.path, " ".join(str(error).split())[:200])
+    if summary is None:
+        if run.path.exists():
+            shutil.rmtree(run.path)  # an unfinished run: start it again
+        summary = train(cfg, run.path, callbacks=[recorder], progress=progress)
+    kinds = model_sources(recorder.model)
+    summary["weights"] = describe_weights(kinds)
+    summary["weights_sources"] = {role: getattr(recorder.model, role).source.describe()
+                                  for role in kinds}
+    return summary
+
+
+def validation_records(run: RunFolder, cfg: RunConfig) -> list:
+    _, val_ids = load_split(run.split)
+    by_id = {r.image_id: r for r in read_records(cfg.csv, LabelMap.load(run.labels).ids)}
+    return [by_id[i] for i in val_ids if i in by_id]
+
+
+def measure_speed(run_dir: str | Path, predict_rows: int = 256) -> dict:
+    """End-to-end prediction speed (images decoded, full model) on the first validation rows,
+    after a short warm-up; predict_seconds extrapolates it to the whole validation split."""
+    from captag.evaluation.inference import Predictor
+    predictor = Predictor(run_dir)
+    cfg = predictor.cfg
+    records = validation_records(predictor.run, cfg)
+    sample = records[:predict_rows]
+    image_dir = resolve_image_dir(cfg.csv, cfg.images) if predictor.model.image is not None else None
+    predictor.predict_probs(sample[:8], image_dir, num_workers=0, progress=False)  # warm-up
+    with Timer() as timer:
+        predictor.predict_probs(sample, image_dir, num_workers=cfg.num_workers, progress=False)
+    rate = throughput(len(sample), timer.seconds)
+    return {"predict_rows": len(sample), "predict_engine": predictor.engine,
+            "predict_samples_per_second": round(rate, 2),
+            "predict_seconds": round(len(records) / rate, 3) if rate else None}
+
+
+def run_one(cfg: RunConfig, out_dir: str | Path, name: str, group: str,
+            predict_rows: int = 256, progress: bool = False) -> dict:
+    """Train (or reuse) OUT/runs/NAME, measure its prediction speed, and return its row."""
+    run = RunFolder(Path(out_dir) / "runs" / name)
+    if run.summary.exists():
+        _check_same_settings(run, cfg)
+        summary = json.loads(run.summary.read_text())
+    else:
+        summary = _train(cfg, run, progress)
+    if "weights" not in summary:
+        summary["weights"] = planned_weights(cfg)
+    if "predict_samples_per_second" not in summary:
+        summary.update(measure_speed(run.path, predict_rows))
+    run.write_json(run.summary, summary)
+    return result_row(cfg, name, group, "ok", summary, run.path)
+
+
+def result_row(cfg: RunConfig, name: str, group: str, status: str, summary: dict | None = None,
+               run_dir: str | Path | None = None, weights: str | None = None) -> dict:
+    """One results.csv row; metrics are empty without a summary."""
+    summary = summary or {}
+    val, half = summary.get("val", {}), summary.get("val_at_0.5", {})
+    try:
+        image, text = encoder_names(cfg.model, cfg.image_encoder, cfg.text_encoder)
+    except ValueError:
+        image, text = None, None
+    row = {
+        "run": name, "group": group, "model": cfg.model, "mode": mode_of(cfg),
+        "image_encoder": image or "", "text_encoder": text or "", "batch_size": cfg.batch_size,
+        "lr": cfg.lr, "head_lr": cfg.head_lr, "epochs": cfg.epochs,
+        **{k: round(val[k], 4) if k in val else "" for k in ("f1_samples", "f1_micro", "f1_macro", "map")},
+        "f1_samples_at_0.5": round(half["f1_samples"], 4) if "f1_samples" in half else "",
+        "threshold": round(summary["threshold"], 4) if "threshold" in summary else "",
+        "size_mb": summary.get("parameter_mb_fp32", ""),
+        "weights": weights if weights is not None else summary.get("weights", ""),
+        "status": status, "run_dir": str(run_dir) if run_dir else "",
+    }
+    for key in ("train_seconds", "predict_seconds", "predict_samples_per_second", "model_file_mb",
+                "within_budget", "parameters"):
+        row[key] = summary.get(key, "")
+    return {column: row[column] for column in RESULT_COLUMNS}
+
+
+def run_row(cfg: RunConfig, out_dir: str | Path, name: str, group: str,
+            include_random: bool = False, predict_rows: int = 256, progress: bool = False) -> dict:
+    """run_one, or a skipped row for a model without offline weights, or a failed row."""
+    try:
+        random = random_encoders(cfg)
+        if random and not include_random:
+            return result_row(cfg, name, group, SKIPPED_RANDOM, weights=planned_weights(cfg))
+        if random:
+            cfg = cfg.update(**{f"{role}_weights": "none" for role in random})
+        return run_one(cfg, out_dir, name, group, predict_rows, progress)
+    except Exception as error:  # one failed run must not stop the others
+        log.debug("run %s failed", name, exc_info=True)
+        message = " ".join(str(error).split())[:500] or type(error).__name__
+        run_dir = Path(out_dir) / "runs" / name
+        return result_row(cfg, name, group, f"failed: {message}",
+                          run_dir=run_dir if run_dir.exists() else None, weights=_safe_weights(cfg))
+
+
+def _safe_weights(cfg: RunConfig) -> str:
+    try:
+        return planned_weights(cfg)
+    except Exception:
+        return ""
+
+
+def write_results(path: str | Path, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def run_many(configs: list[tuple[str, str, RunConfig]], out_dir: str | Path,
+             include_random: bool = False, earlier_rows: list[dict] = (), predict_rows: int = 256,
+             progress: bool = False, verbose: bool = True) -> list[dict]:
+    """Run each (name, group, cfg); results.csv holds earlier_rows and every row so far."""
+    out_dir = Path(out_dir)
+    rows: list[dict] = []
+    for number, (name, group, cfg) in enumerate(configs, 1):
+        row = run_row(cfg, out_dir, name, group, include_random, predict_rows, progress)
+        rows.append(row)
+        write_results(out_dir / "results.csv", [*earlier_rows, *rows])
+        if verbose:
+            print(f"[{number}/{len(configs)}] {group} {name}: {short_result(row)}", flush=True)
+    return rows
+
+
+def short_result(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return (f"f1_samples {row['f1_samples']:.4f}  map {row['map']:.4f}  "
+            f"{row['predict_samples_per_second']} samples/s  {row['size_mb']} MB")
+
+
+def results_table(rows: list[dict]) -> str:
+    """A short plain-text table of result rows."""
+    columns = [("run", "run"), ("group", "group"), ("f1_samples", "f1_samples"), ("map", "map"),
+               ("predict_samples_per_second", "samples/s"), ("size_mb", "MB"),
+               ("weights", "weights"), ("status", "status")]
+    cells = [[title for _, title in columns]]
+    cells += [[_cell(key, row[key]) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def _cell(key: str, value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if key in ("f1_samples", "map") else f"{value:.1f}"
+    text = str(value)
+    return text if key != "status" or len(text) <= 60 else text[:57] + "..."

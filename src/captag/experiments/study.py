@@ -1,0 +1,174 @@
+"""The study commands: compare models, sweep settings (grid or Optuna), ablate a fused model,
+and the seed's whole study (comparison, three sweeps, ablation) in one call.
+
+Each writes OUT/results.csv (one row per run, runs in OUT/runs/) and then the report.
+Runs are named from their settings, so the same settings in two parts share one run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from captag.config import RunConfig
+from captag.experiments.grid import grid_points, one_at_a_time, parse_grid
+from captag.experiments.runner import (has_offline_weights, mode_of, run_many, run_row,
+                                       write_results)
+from captag.models.registry import (OFFLINE_IMAGE_MODELS, OFFLINE_TEXT_MODELS, SEED_IMAGE_MODELS,
+                                    SEED_TEXT_MODELS, encoder_names)
+
+log = logging.getLogger(__name__)
+
+SEED_GRID = "batch_size=16,32,64 lr=1e-5,1e-4,1e-3 epochs=2,3,4"
+SEED_BASE = {"batch_size": 16, "lr": 1e-4, "epochs": 3}
+SEED_FUSED = tuple(f"efficientnet_b{i}+tinybert" for i in range(4))
+
+
+def base_config(base_cfg: RunConfig | None, csv) -> RunConfig:
+    """The base settings with the CSV; without a base config, frozen encoders."""
+    cfg = base_cfg if base_cfg is not None else RunConfig(image_trainable=0, text_trainable=0)
+    return cfg.update(csv=str(csv) if csv else None)
+
+
+def run_name(cfg: RunConfig) -> str:
+    """A folder name made of the model and the settings that studies vary."""
+    model = cfg.model
+    if model in ("fusion", "image-only", "text-only"):
+        image, text = encoder_names(model, cfg.image_encoder, cfg.text_encoder)
+        model = f"{model}-" + "+".join(n for n in (image, text) if n)
+    return (f"{model.replace('/', '_')}-{mode_of(cfg)}-bs{cfg.batch_size}-lr{cfg.lr:g}"
+            f"-hlr{cfg.head_lr:g}-ep{cfg.epochs}")
+
+
+def with_point(cfg: RunConfig, point: dict) -> RunConfig:
+    """The config at a grid point; a swept lr sets head_lr too, so it means the same frozen or not."""
+    values = dict(point)
+    if "lr" in values and "head_lr" not in values:
+        values["head_lr"] = values["lr"]
+    return cfg.update(**values)
+
+
+def report(out, rows: list[dict], title: str) -> None:
+    try:
+        from captag.experiments.report import write_report
+    except ImportError as error:
+        log.warning("No report written (%s); the results are in %s", error, Path(out) / "results.csv")
+        return
+    write_report(Path(out), rows, title)
+
+
+def _options(kw: dict) -> dict:
+    return {k: kw[k] for k in ("include_random", "predict_rows", "progress", "verbose") if k in kw}
+
+
+def compare_configs(base: RunConfig, models: list[str], group: str = "compare") -> list:
+    configs = [base.update(model=model) for model in models]
+    return [(run_name(cfg), group, cfg) for cfg in configs]
+
+
+def compare(csv, models: list[str], out, base_cfg: RunConfig | None = None, **options) -> list[dict]:
+    """Train each model with the same base settings; one results row each."""
+    rows = run_many(compare_configs(base_config(base_cfg, csv), models), out, **_options(options))
+    report(out, rows, "Model comparison")
+    return rows
+
+
+def sweep_configs(base: RunConfig, model: str, points: list[dict], group: str = "sweep") -> list:
+    configs = [with_point(base.update(model=model), point) for point in points]
+    return [(run_name(cfg), group, cfg) for cfg in configs]
+
+
+def sweep(csv, model: str, grid: str | dict, out, base_cfg: RunConfig | None = None,
+          optuna_trials: int | None = None, around: dict | None = None, **options) -> list[dict]:
+    """Train `model` over a grid: every point, one option at a time `around` a base, or Optuna."""
+    grid = parse_grid(grid) if isinstance(grid, str) else grid
+    base = base_config(base_cfg, csv)
+    if optuna_trials:
+        rows = optuna_sweep(base, model, grid, out, optuna_trials, **_options(options))
+    else:
+        points = one_at_a_time(grid, around) if around is not None else grid_points(grid)
+        rows = run_many(sweep_configs(base, model, points), out, **_options(options))
+    report(out, rows, f"Sweep of {model}")
+    return rows
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise RuntimeError("--optuna needs the optuna package: pip install 'captag[study]' "
+                           "(or pip install optuna).") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def optuna_sweep(base: RunConfig, model: str, grid: dict, out, trials: int,
+                 include_random: bool = False, predict_rows: int = 256, progress: bool = False,
+                 verbose: bool = True) -> list[dict]:
+    """TPE search over the grid's values (categorical per option); each trial a normal run."""
+    optuna = _optuna()
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=base.seed))
+    rows: list[dict] = []
+
+    def objective(trial) -> float:
+        point = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
+        [(name, group, cfg)] = sweep_configs(base, model, [point], group="optuna")
+        row = run_row(cfg, out, name, group, include_random, predict_rows, progress)
+        rows.append(row)
+        write_results(Path(out) / "results.csv", rows)
+        if verbose:
+            print(f"[trial {trial.number + 1}/{trials}] {name}: {row['status']} "
+                  f"{row['f1_samples']}", flush=True)
+        return row["f1_samples"] if row["status"] == "ok" else math.nan
+
+    study.optimize(objective, n_trials=trials)
+    return rows
+
+
+def ablate_configs(base: RunConfig, model: str) -> list:
+    if "+" not in model:
+        raise ValueError(f"ablate needs a fused model written IMAGE+TEXT, e.g. "
+                         f"tf_efficientnet_lite0+all-MiniLM-L6-v2; got {model!r}.")
+    image, text = encoder_names(model, base.image_encoder, base.text_encoder)
+    return compare_configs(base, [image, text, model], group="ablation")
+
+
+def ablate(csv, model: str, out, base_cfg: RunConfig | None = None, **options) -> list[dict]:
+    """The fused model IMAGE+TEXT against IMAGE alone and TEXT alone, same settings."""
+    rows = run_many(ablate_configs(base_config(base_cfg, csv), model), out, **_options(options))
+    report(out, rows, f"Ablation of {model}")
+    return rows
+
+
+def zoo_models() -> list[str]:
+    """The comparison: offline zoo encoders alone and fused, then the seed's models."""
+    images = [name for name in OFFLINE_IMAGE_MODELS if has_offline_weights(name)]
+    texts = [name for name in OFFLINE_TEXT_MODELS
+             if name == "all-MiniLM-L6-v2" or has_offline_weights(name)]
+    fused = [f"{i}+{t}" for i in images for t in texts if has_offline_weights(t)]
+    return [*OFFLINE_IMAGE_MODELS, *texts, *fused, *SEED_IMAGE_MODELS, *SEED_TEXT_MODELS,
+            *SEED_FUSED]
+
+
+def best_fused(rows: list[dict]) -> str | None:
+    fused = [r for r in rows if r["status"] == "ok" and r["image_encoder"] and r["text_encoder"]]
+    return max(fused, key=lambda r: r["f1_samples"])["model"] if fused else None
+
+
+def study(csv, out, base_cfg: RunConfig | None = None, include_random: bool = False,
+          **options) -> list[dict]:
+    """The seed's study: (a) every model, (b) three sweeps on the best fused one, (c) its ablation."""
+    options = {**_options(options), "include_random": include_random}
+    base = base_config(base_cfg, csv)
+    rows = run_many(compare_configs(base, zoo_models()), out, **options)
+    model = best_fused(rows)
+    if model is None:
+        log.warning("No fused model trained, so no sweeps and no ablation.")
+    else:
+        points = one_at_a_time(parse_grid(SEED_GRID), SEED_BASE)
+        rows += run_many(sweep_configs(base, model, points), out, earlier_rows=rows, **options)
+        rows += run_many(ablate_configs(base, model), out, earlier_rows=rows, **options)
+    report(out, rows, "The seed's study")
+    return rows
