@@ -124,6 +124,20 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto")
 
 
+def cmd_models(args) -> int:
+    from captag.models.zoo import zoo_table
+    rows = zoo_table(args.kind)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'model':<48} {'kind':<6} {'parameters':>12} {'size MB':>8}  budget  weights")
+    for row in rows:
+        budget = "yes" if row["within_budget"] else "NO"
+        print(f"{row['name']:<48} {row['kind']:<6} {row['parameters']:>12,} {row['size_mb']:>8.1f}"
+              f"  {budget:<6}  {row['weights']}")
+    return 0
+
+
 def _add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", help="labelled CSV (ImageID,Labels,Caption)")
     p.add_argument("--images", help="image folder (default: data/ beside the CSV)")
@@ -230,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="CSV to write (ImageID,Labels)")
     p.set_defaults(func=cmd_predict)
     _add_study_commands(sub)
+    p = sub.add_parser("models", help="the model zoo: sizes, budget and where weights come from")
+    p.add_argument("--kind", choices=["image", "text", "fused"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
     return parser
 
 

@@ -69,6 +69,7 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, engine: str = "auto", device: str = "cpu"):
         self.run = RunFolder(run_dir)
+        self.run.check()
         self.cfg = self.run.load_config()
         self.model = self.run.load_model().to(device)
         self.device = device

@@ -86,13 +86,14 @@ class ImageEncoder(nn.Module):
     def _build(self) -> nn.Module:
         kind, location = self.source.kind, self.source.location
         if kind == "hub":
+            if weights_lib.hub_offline():
+                raise weights_lib.WeightsNotFoundError(weights_lib.missing_weights_message(
+                    self.name, RuntimeError("offline: HF_HUB_OFFLINE or CAPTAG_OFFLINE is set")))
             try:
                 return timm.create_model(self.name, pretrained=True, num_classes=0)
-            except Exception as error:  # offline, unknown tag, hub down
-                if weights_lib.hub_offline() or "pretrained" not in str(error).lower():
-                    raise weights_lib.WeightsNotFoundError(
-                        weights_lib.missing_weights_message(self.name, error)) from error
-                raise
+            except (OSError, RuntimeError) as error:  # no network, hub down, no such weights
+                raise weights_lib.WeightsNotFoundError(
+                    weights_lib.missing_weights_message(self.name, error)) from error
         model = timm.create_model(self.name, pretrained=False, num_classes=0)
         if kind == "none":
             weights_lib.warn_random(self.name)

@@ -28,9 +28,10 @@ def canonical_name(name: str) -> str:
 
 def _load_pretrained(name: str, source: weights_lib.WeightsSource):
     location = source.location if source.kind in ("package", "file") else name
+    local_only = source.kind != "hub" or weights_lib.hub_offline()
     try:
-        model = AutoModel.from_pretrained(location)
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModel.from_pretrained(location, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as error:
         if source.kind == "hub":
             raise weights_lib.WeightsNotFoundError(
