@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from captag.cli import build_parser, main
+from captag.config import RunConfig
 from captag.experiments.grid import grid_points, one_at_a_time, parse_grid
 from captag.experiments.runner import (RESULT_COLUMNS, SKIPPED_RANDOM, has_offline_weights,
                                        run_many, run_one)
@@ -197,4 +198,4 @@ def test_cli_base_settings(tmp_path):
                                       "--mode", "finetune", "--epochs", "2"])
     cfg = _study_config(args)
     assert (cfg.image_trainable, cfg.text_trainable, cfg.epochs) == (-1, -1, 2)
-    assert run_name(cfg.update(model=FUSED)) == f"{FUSED}-finetune-bs32-lr0.0001-hlr0.001-ep2"
+    assert run_name(cfg.update(model=FUSED)) == f"{FUSED}-finetune-bs32-lr{RunConfig().lr}-hlr{RunConfig().head_lr}-ep2"

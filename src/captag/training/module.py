@@ -52,6 +52,7 @@ class CaptagModule(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
+        self.model.train()  # Lightning keeps modes as found; frozen stages stay in eval mode
         self._train_losses = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -131,6 +131,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, callbacks=(),
         FeatureCache(cfg.cache_dir), progress=progress)
     data.setup("fit")
     features_seconds = time.perf_counter() - started
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # same run, warm cache or cold
     module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one,
                           cfg.schedule, cfg.warmup)
     trainer = _trainer(cfg, run, list(callbacks), progress)
