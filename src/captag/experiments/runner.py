@@ -139,9 +139,27 @@ def validation_records(run: RunFolder, cfg: RunConfig) -> list:
     return [by_id[i] for i in val_ids if i in by_id]
 
 
+_SPEEDS: dict[tuple, dict] = {}  # architecture -> speed; weights do not change it
+
+
+def _architecture(cfg: RunConfig) -> tuple:
+    return (encoders(cfg).get("image"), encoders(cfg).get("text"), cfg.image_size, cfg.max_length,
+            cfg.csv, cfg.val_fraction, cfg.seed)
+
+
 def measure_speed(run_dir: str | Path, predict_rows: int = 256) -> dict:
     """End-to-end prediction speed (images decoded, full model) on the first validation rows,
-    after a short warm-up; predict_seconds extrapolates it to the whole validation split."""
+    after a short warm-up; predict_seconds extrapolates it to the whole validation split.
+
+    Runs of the same architecture on the same data share one measurement per process."""
+    cfg = RunFolder(run_dir).load_config()
+    key = _architecture(cfg)
+    if key not in _SPEEDS:
+        _SPEEDS[key] = _measure_speed(run_dir, predict_rows)
+    return dict(_SPEEDS[key])
+
+
+def _measure_speed(run_dir: str | Path, predict_rows: int) -> dict:
     from captag.evaluation.inference import Predictor
     predictor = Predictor(run_dir)
     cfg = predictor.cfg

@@ -167,6 +167,7 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
         "val_per_class": per_class_report(targets, probs, threshold, labels.ids, labels.names),
         "parameters": parameter_count(module.model), "parameter_mb_fp32": round(size_mb, 2),
         "model_file_mb": round(file_mb(run.model), 2),
+        "checkpoint_mb": round(file_mb(best_path), 2),
         **{k: v for k, v in times.items() if k != "started"},
         "train_seconds": round(time.perf_counter() - times["started"], 2),
     }

@@ -1,0 +1,81 @@
+"""Benchmark of `captag study` on train.csv in frozen mode: cold feature cache, then warm.
+
+    python benchmarks/bench_study.py [--data ../shared/datasets/comp5329] [--work DIR] [--docs docs/study]
+
+cold: a fresh feature cache (every encoder's features extracted), target <= 30 min
+warm: the same study into a new folder, features from the cache of the cold run, target <= 5 min
+
+Prints a table, writes benchmarks/results/study.json, and copies the cold run's report
+(report.md, report.html, results.csv, plots/) to docs/study/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "comp5329"
+
+
+def run_study(csv: Path, out: Path, cache: Path) -> float:
+    env = {**os.environ, "CAPTAG_CACHE": str(cache)}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "captag.cli", "-q", "study", "--csv", str(csv),
+                           "--out", str(out)], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    (out / "study.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise SystemExit(f"captag study failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def count_rows(out: Path) -> dict:
+    import csv
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    return {"runs_ok": sum(r["status"] == "ok" for r in rows), "rows": len(rows),
+            "best_f1_samples": max((float(r["f1_samples"]) for r in rows if r["status"] == "ok"),
+                                   default=None)}
+
+
+def copy_report(out: Path, docs: Path) -> None:
+    if docs.exists():
+        shutil.rmtree(docs)
+    docs.mkdir(parents=True)
+    for name in ("report.md", "report.html", "results.csv"):
+        shutil.copy(out / name, docs / name)
+    shutil.copytree(out / "plots", docs / "plots")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--docs", type=Path, default=HERE.parent / "docs" / "study")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="captag-study-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / f"cache-{time.time_ns()}"
+    csv = args.data / "train.csv"
+    results = []
+    for name, target in (("cold", "<= 1800 s"), ("warm", "<= 300 s")):
+        out = work / f"study-{name}"
+        seconds = run_study(csv, out, cache)
+        results.append({"task": f"captag study --csv train.csv ({name} feature cache)",
+                        "seconds": round(seconds, 1), "target": target, **count_rows(out)})
+        print(f"{results[-1]['task']:<52} {seconds:>8.1f} s  {results[-1]}", flush=True)
+    copy_report(work / "study-cold", args.docs)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "study.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {HERE / 'results' / 'study.json'}; report copied to {args.docs}")
+
+
+if __name__ == "__main__":
+    main()
