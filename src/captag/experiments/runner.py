@@ -143,7 +143,8 @@ _SPEEDS: dict[tuple, dict] = {}  # architecture -> speed; weights do not change 
 
 
 def _architecture(cfg: RunConfig) -> tuple:
-    return (encoders(cfg).get("image"), encoders(cfg).get("text"), cfg.image_size, cfg.max_length,
+    used = encoders(cfg)
+    return (used.get("image"), used.get("text"), cfg.image_size, cfg.max_length,
             cfg.csv, cfg.val_fraction, cfg.seed)
 
 

@@ -148,8 +148,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, callbacks=(),
 
 def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, times: dict) -> dict:
     best_path = trainer.checkpoint_callback.best_model_path or str(run.checkpoints / "last.ckpt")
-    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state, strict=False)
+    checkpoint = torch.load(best_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
     module.cpu()
     probs, targets = validation_probs(module, data.val_dataloader())
     threshold, tuned_f1 = tune_threshold(targets, probs, at_least_one=cfg.at_least_one)
@@ -160,7 +160,7 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
     size_mb = parameter_mb(module.model)
     summary = {
         "model": cfg.model, "best_checkpoint": Path(best_path).name,
-        "best_epoch": int(torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]) + 1,
+        "best_epoch": int(checkpoint["epoch"]) + 1,
         "threshold": threshold,
         "val": {k: float(v) for k, v in tuned.items()},
         "val_at_0.5": {k: float(v) for k, v in at_half.items()},
