@@ -46,11 +46,11 @@ def count_rows(out: Path) -> dict:
 
 
 def copy_report(out: Path, docs: Path) -> None:
-    if docs.exists():
-        shutil.rmtree(docs)
-    docs.mkdir(parents=True)
+    """Replace the report files under docs (its README.md stays)."""
+    docs.mkdir(parents=True, exist_ok=True)
     for name in ("report.md", "report.html", "results.csv"):
         shutil.copy(out / name, docs / name)
+    shutil.rmtree(docs / "plots", ignore_errors=True)
     shutil.copytree(out / "plots", docs / "plots")
 
 

@@ -209,3 +209,17 @@ def test_resolve_image_dir(data_dir, tmp_path):
         resolve_image_dir(tmp_path / "train.csv", None)
     with pytest.raises(FileNotFoundError, match="--images DIR"):
         resolve_image_dir(tmp_path / "train.csv", str(tmp_path / "nope"))
+
+
+def test_check_images_decodes_an_unchanged_good_file_once(image_dir, monkeypatch):
+    import captag.data.images as images
+    decoded = []
+    real = images.check_image
+    monkeypatch.setattr(images, "check_image", lambda path: decoded.append(path.name) or real(path))
+    assert check_images(["1.jpg", "2.jpg"], image_dir) == []
+    assert check_images(["1.jpg", "2.jpg"], image_dir) == []
+    assert sorted(decoded) == ["1.jpg", "2.jpg"]
+    raw = (image_dir / "1.jpg").read_bytes()
+    (image_dir / "1.jpg").write_bytes(raw[: len(raw) // 2])  # changed since: checked again
+    assert check_images(["1.jpg", "2.jpg"], image_dir) == [BadImage("1.jpg", "truncated")]
+    assert sorted(decoded) == ["1.jpg", "1.jpg", "2.jpg"]

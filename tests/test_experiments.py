@@ -199,3 +199,14 @@ def test_cli_base_settings(tmp_path):
     cfg = _study_config(args)
     assert (cfg.image_trainable, cfg.text_trainable, cfg.epochs) == (-1, -1, 2)
     assert run_name(cfg.update(model=FUSED)) == f"{FUSED}-finetune-bs32-lr{RunConfig().lr}-hlr{RunConfig().head_lr}-ep2"
+
+
+def test_a_model_over_the_budget_is_listed_with_its_size_not_trained(tmp_path, base):
+    cfg = base.update(model=FUSED)
+    rows = run_many([("big", "compare", cfg)], tmp_path, verbose=False, max_mb=20)
+    row = rows[0]
+    assert row["status"].startswith("skipped: 50 MB model file, over the 20 MB budget")
+    assert row["parameters"] == 26114194 and row["size_mb"] == pytest.approx(99.79, abs=0.01)
+    assert row["model_file_mb"] == pytest.approx(49.9, abs=0.1) and row["within_budget"] is True
+    assert row["weights"] == "image:package text:package" and row["f1_samples"] == ""
+    assert not (tmp_path / "runs").exists()

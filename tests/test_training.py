@@ -154,3 +154,24 @@ def test_whole_encoders_train_from_augmented_pixels(tmp_path, cache_dir):
     assert summary["val"]["n_samples"] == 8
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
+
+
+def test_cached_features_give_the_same_batches_whole_or_item_by_item():
+    import torch
+    from captag.data.dataset import CachedFeatures
+    from captag.training.datamodule import Collate, Joined, stack_items
+
+    class Model:
+        text = None
+    lengths = torch.tensor([1, 2, 3, 4, 5, 6, 1, 2, 3, 4])
+    tensors = {"image": torch.randn(10, 4, 2, 2, dtype=torch.float16), "text": torch.randn(10, 6, 3),
+               "text_mask": (torch.arange(6) < lengths[:, None]).to(torch.uint8)}
+    data = Joined(CachedFeatures(tensors, targets=torch.eye(10)[:, :3].numpy()))
+    collate = Collate(Model(), 2, 1)
+    indices = [7, 2, 3]  # 2, 3 and 4 tokens: padding trimmed to 4
+    whole = collate(data.__getitems__(indices))
+    one_by_one = collate([data[i] for i in indices])
+    assert whole.keys() == one_by_one.keys()
+    for key, value in whole.items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(one_by_one[key])), key
+    assert whole["input_ids"].shape == (3, 4, 3) and whole["index"].tolist() == indices

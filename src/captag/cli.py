@@ -199,7 +199,7 @@ def cmd_ablate(args) -> int:
 
 def cmd_study(args) -> int:
     from captag.experiments.study import study
-    return _study_run(args, study)
+    return _study_run(args, study, max_mb=args.max_mb)
 
 
 def _add_study_commands(sub) -> None:
@@ -220,6 +220,9 @@ def _add_study_commands(sub) -> None:
     p.set_defaults(func=cmd_ablate)
     p = sub.add_parser("study", help="the seed's study: comparison, three sweeps and ablation")
     _add_study_options(p)
+    p.add_argument("--max-mb", type=float, default=100.0,
+                   help="list but do not train models whose model file (float16) would exceed "
+                        "this many MB (default: the seed's 100 MB budget; 0: train every model)")
     p.set_defaults(func=cmd_study)
 
 

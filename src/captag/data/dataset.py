@@ -56,3 +56,12 @@ class CachedFeatures(Dataset):
         if self.targets is not None:
             item["target"] = self.targets[index]
         return item
+
+    def columns(self, indices: Sequence[int]) -> dict:
+        """The items at `indices` as one batch: each tensor indexed at once."""
+        index = torch.as_tensor(indices)
+        columns = {name: tensor[index] for name, tensor in self.tensors.items()}
+        columns["index"] = index
+        if self.targets is not None:
+            columns["target"] = self.targets[index]
+        return columns

@@ -11,6 +11,7 @@ from typing import Iterable
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 CHECK_SIZE = 64  # decode JPEGs at 1/8 scale or so during the check; truncation is still caught
+_GOOD: set[tuple] = set()  # (path, size, mtime, inode) of files that decoded, for this process
 
 
 def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
@@ -44,11 +45,21 @@ class BadImage:
     reason: str  # "missing", "empty file", "truncated" or "cannot decode: ..."
 
 
+def file_state(path: Path) -> tuple | None:
+    """(path, size, mtime, inode): changes whenever the file is rewritten; None if missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
 def check_image(path: Path) -> str | None:
     """Why the image at `path` cannot be used, or None when it decodes fully."""
-    if not path.is_file():
+    state = file_state(path)
+    if state is None or not path.is_file():
         return "missing"
-    if path.stat().st_size == 0:
+    if state[1] == 0:
         return "empty file"
     try:
         with Image.open(path) as image:
@@ -66,22 +77,26 @@ def check_image(path: Path) -> str | None:
 
 def check_images(image_ids: Iterable[str], image_dir: str | Path, workers: int | None = None,
                  progress: bool = False) -> list[BadImage]:
-    """Decode every image and return the missing or broken ones, sorted by ID."""
+    """Decode every image and return the missing or broken ones, sorted by ID.
+
+    Files that this process already found good, unchanged since, are not decoded again."""
     from .split import id_key
 
-    ids = list(image_ids)
-    image_dir = Path(image_dir)
+    states = {i: file_state(Path(image_dir) / i) for i in image_ids}
+    ids = [i for i, state in states.items() if state not in _GOOD]
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-            reasons = pool.map(check_image, (image_dir / i for i in ids), chunksize=64)
+            reasons = pool.map(check_image, (Path(image_dir) / i for i in ids))
             if progress:
                 from tqdm import tqdm
                 reasons = tqdm(reasons, total=len(ids), desc="checking images", unit="img")
-            bad = [BadImage(i, r) for i, r in zip(ids, reasons) if r is not None]
+            reasons = dict(zip(ids, reasons))
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    _GOOD.update(states[i] for i, reason in reasons.items() if reason is None)
+    bad = [BadImage(i, r) for i, r in reasons.items() if r is not None]
     return sorted(bad, key=lambda b: id_key(b.image_id))
 
 

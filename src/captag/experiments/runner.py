@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 
 from captag.config import RunConfig
 from captag.data import LabelMap, load_split, read_records, resolve_image_dir
+from captag.evaluation.size import BUDGET_MB
 from captag.evaluation.speed import Timer, throughput
 from captag.models.registry import encoder_names
 from captag.models.text import canonical_name
@@ -219,13 +220,40 @@ def result_row(cfg: RunConfig, name: str, group: str, status: str, summary: dict
     return {column: row[column] for column in RESULT_COLUMNS}
 
 
+def planned_size(cfg: RunConfig) -> dict:
+    """Size fields of a results row for a model not trained: parameters, fp32 MB, and the MB of
+    its model file (saved in float16), counted without building it for real."""
+    from captag.models.zoo import describe
+    found = describe(cfg.model, image_encoder=cfg.image_encoder, text_encoder=cfg.text_encoder,
+                     max_length=cfg.max_length)
+    file_mb = round(found["size_mb"] / 2, 2)
+    return {"parameters": found["parameters"], "parameter_mb_fp32": round(found["size_mb"], 2),
+            "model_file_mb": file_mb, "within_budget": file_mb <= BUDGET_MB}
+
+
+def over_budget_row(cfg: RunConfig, name: str, group: str, max_mb: float | None) -> dict | None:
+    """A skipped row when the model's file would exceed max_mb (None or 0: no limit)."""
+    if not max_mb:
+        return None
+    size = planned_size(cfg)
+    if size["model_file_mb"] <= max_mb:
+        return None
+    status = (f"skipped: {size['model_file_mb']:.0f} MB model file, over the {max_mb:g} MB "
+              "budget (--max-mb 0 trains it)")
+    return result_row(cfg, name, group, status, summary=size, weights=planned_weights(cfg))
+
+
 def run_row(cfg: RunConfig, out_dir: str | Path, name: str, group: str,
-            include_random: bool = False, predict_rows: int = 256, progress: bool = False) -> dict:
-    """run_one, or a skipped row for a model without offline weights, or a failed row."""
+            include_random: bool = False, predict_rows: int = 256, progress: bool = False,
+            max_mb: float | None = None) -> dict:
+    """run_one, or a skipped row (no offline weights, or over max_mb), or a failed row."""
     try:
         random = random_encoders(cfg)
         if random and not include_random:
             return result_row(cfg, name, group, SKIPPED_RANDOM, weights=planned_weights(cfg))
+        skipped = over_budget_row(cfg, name, group, max_mb)
+        if skipped is not None:
+            return skipped
         if random:
             cfg = cfg.update(**{f"{role}_weights": "none" for role in random})
         return run_one(cfg, out_dir, name, group, predict_rows, progress)
@@ -257,12 +285,12 @@ def write_results(path: str | Path, rows: list[dict]) -> None:
 
 def run_many(configs: list[tuple[str, str, RunConfig]], out_dir: str | Path,
              include_random: bool = False, earlier_rows: list[dict] = (), predict_rows: int = 256,
-             progress: bool = False, verbose: bool = True) -> list[dict]:
+             progress: bool = False, verbose: bool = True, max_mb: float | None = None) -> list[dict]:
     """Run each (name, group, cfg); results.csv holds earlier_rows and every row so far."""
     out_dir = Path(out_dir)
     rows: list[dict] = []
     for number, (name, group, cfg) in enumerate(configs, 1):
-        row = run_row(cfg, out_dir, name, group, include_random, predict_rows, progress)
+        row = run_row(cfg, out_dir, name, group, include_random, predict_rows, progress, max_mb)
         rows.append(row)
         write_results(out_dir / "results.csv", [*earlier_rows, *rows])
         if verbose:

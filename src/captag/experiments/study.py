@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from captag.config import RunConfig
+from captag.evaluation.size import BUDGET_MB
 from captag.experiments.grid import grid_points, one_at_a_time, parse_grid
 from captag.experiments.runner import (has_offline_weights, mode_of, run_many, run_row,
                                        write_results)
@@ -158,11 +159,14 @@ def best_fused(rows: list[dict]) -> str | None:
 
 
 def study(csv, out, base_cfg: RunConfig | None = None, include_random: bool = False,
-          **options) -> list[dict]:
-    """The seed's study: (a) every model, (b) three sweeps on the best fused one, (c) its ablation."""
+          max_mb: float | None = BUDGET_MB, **options) -> list[dict]:
+    """The seed's study: (a) every model, (b) three sweeps on the best fused one, (c) its ablation.
+
+    Models whose saved model file would exceed `max_mb` (the seed's 100 MB budget by default)
+    are listed with their size but not trained; max_mb None or 0 trains them too."""
     options = {**_options(options), "include_random": include_random}
     base = base_config(base_cfg, csv)
-    rows = run_many(compare_configs(base, zoo_models()), out, **options)
+    rows = run_many(compare_configs(base, zoo_models()), out, max_mb=max_mb, **options)
     model = best_fused(rows)
     if model is None:
         log.warning("No fused model trained, so no sweeps and no ablation.")

@@ -40,7 +40,10 @@ class EpochSampler(Sampler[int]):
 
 
 class Joined(Dataset):
-    """Items of several datasets of the same length, merged key by key."""
+    """Items of several datasets of the same length, merged key by key.
+
+    When every part can give whole batches as columns (cached features), a batch is fetched
+    as columns in one indexing step instead of item by item."""
 
     def __init__(self, *parts: Dataset):
         self.parts = [p for p in parts if p is not None]
@@ -54,6 +57,23 @@ class Joined(Dataset):
             item.update(part[index])
         return item
 
+    def __getitems__(self, indices: list[int]) -> dict | list[dict]:
+        if not all(hasattr(part, "columns") for part in self.parts):
+            return [self[i] for i in indices]
+        columns = {}
+        for part in self.parts:
+            columns.update(part.columns(indices))
+        return columns
+
+
+def stack_items(items: list[dict]) -> dict:
+    """Items to columns: tensors stacked, other values listed."""
+    columns = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        columns[key] = torch.stack(values) if isinstance(first, torch.Tensor) else values
+    return columns
+
 
 class Collate:
     """Stacks items into a model batch; tokenises raw captions, trims cached token padding."""
@@ -62,22 +82,23 @@ class Collate:
         self.tokenizer = model.text.tokenize if model.text is not None else None
         self.image_start, self.text_start = image_start, text_start
 
-    def __call__(self, items: list[dict]) -> dict:
-        batch = {"index": torch.tensor([i["index"] for i in items]),
+    def __call__(self, items: list[dict] | dict) -> dict:
+        columns = items if isinstance(items, dict) else stack_items(items)
+        batch = {"index": torch.as_tensor(columns["index"]),
                  "image_start": self.image_start, "text_start": self.text_start}
-        if "target" in items[0]:
-            batch["target"] = torch.stack([i["target"] for i in items])
-        if "image" in items[0]:
-            batch["image"] = torch.stack([i["image"] for i in items]).float()
-        if "text_mask" in items[0]:
-            mask = torch.stack([i["text_mask"] for i in items]).long()
+        if "target" in columns:
+            batch["target"] = columns["target"]
+        if "image" in columns:
+            batch["image"] = columns["image"].float()
+        if "text_mask" in columns:
+            mask = columns["text_mask"].long()
             length = int(mask.sum(1).max())
             batch["attention_mask"] = mask[:, :length]
-            batch["input_ids"] = torch.stack([i["text"] for i in items])[:, :length].float()
-        elif "text" in items[0]:
-            batch["input_ids"] = torch.stack([i["text"] for i in items]).float()
+            batch["input_ids"] = columns["text"][:, :length].float()
+        elif "text" in columns:
+            batch["input_ids"] = columns["text"].float()
         elif self.tokenizer is not None:
-            batch.update(self.tokenizer([i["caption"] for i in items]))
+            batch.update(self.tokenizer(columns["caption"]))
         return batch
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captag.data.dataset import CaptionedImages
+from captag.data.images import file_state
 from captag.data.records import Record
 from captag.data.transforms import build_transform, describe
 from captag.models.fusion import FusionModel, encoder_stages
@@ -28,9 +29,16 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = "1"
 
 
+_HASHES: dict[tuple, str] = {}  # file_state -> content hash, for this process
+
+
 def file_hashes(paths: Sequence[Path]) -> list[str]:
+    """The SHA-1 of each file's content; unchanged files are hashed once per process."""
     def one(path: Path) -> str:
-        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        state = file_state(Path(path))
+        if state not in _HASHES:
+            _HASHES[state] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        return _HASHES[state]
     with ThreadPoolExecutor(4) as pool:
         return list(pool.map(one, paths))
 
