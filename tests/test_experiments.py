@@ -102,6 +102,7 @@ def test_model_without_offline_weights_is_skipped_not_trained(tmp_path, base):
     rows = run_many([("b0-tinybert", "compare", cfg)], tmp_path, verbose=False)
     assert rows[0]["status"] == SKIPPED_RANDOM and rows[0]["weights"] == "none"
     assert rows[0]["f1_samples"] == "" and rows[0]["run_dir"] == ""
+    assert rows[0]["parameters"] > 0 and rows[0]["within_budget"] is True  # sizes still listed
     assert not (tmp_path / "runs").exists()
     assert read_results(tmp_path)[0]["weights"] == "none"
 

