@@ -5,7 +5,9 @@
 
 A run folder that already holds summary.json is reused, so an interrupted study continues.
 Models whose pretrained weights are not available offline are listed as skipped (weights
-"none") unless random initialisation is asked for; a failed run is recorded and the rest go on.
+"none") unless random initialisation is asked for, and, given a size limit (max_mb), so are
+models whose saved file would exceed it; skipped rows still give the model's size. A failed
+run is recorded and the rest go on.
 """
 
 from __future__ import annotations
