@@ -175,3 +175,16 @@ def test_cached_features_give_the_same_batches_whole_or_item_by_item():
     for key, value in whole.items():
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(one_by_one[key])), key
     assert whole["input_ids"].shape == (3, 4, 3) and whole["index"].tolist() == indices
+
+
+def test_feature_flip_mirrors_cached_maps_of_training_batches_only():
+    import torch
+    from captag.training.datamodule import Collate
+
+    class Model:
+        text = None
+    maps = torch.randn(4, 3, 2, 5)
+    items = {"index": list(range(4)), "image": maps.clone(), "target": torch.zeros(4, 18)}
+    assert torch.equal(Collate(Model(), 4, 0, flip=1.0)(dict(items))["image"], maps.flip(-1))
+    assert torch.equal(Collate(Model(), 4, 0, flip=0.0)(dict(items))["image"], maps)
+    assert torch.equal(Collate(Model(), 0, 0, flip=1.0)(dict(items))["image"], maps)  # pixels

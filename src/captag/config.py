@@ -36,6 +36,7 @@ class RunConfig:
     val_fraction: float = 0.2
     hflip: float = 0.5
     rotation: float = 10.0
+    feature_flip: float = 0.0  # flip cached image feature maps in training, with this probability
     at_least_one: bool = True
     skip_bad: bool = False
     cache_dir: str | None = None

@@ -78,9 +78,10 @@ def stack_items(items: list[dict]) -> dict:
 class Collate:
     """Stacks items into a model batch; tokenises raw captions, trims cached token padding."""
 
-    def __init__(self, model: FusionModel, image_start: int, text_start: int):
+    def __init__(self, model: FusionModel, image_start: int, text_start: int, flip: float = 0.0):
         self.tokenizer = model.text.tokenize if model.text is not None else None
         self.image_start, self.text_start = image_start, text_start
+        self.flip = flip
 
     def __call__(self, items: list[dict] | dict) -> dict:
         columns = items if isinstance(items, dict) else stack_items(items)
@@ -90,6 +91,10 @@ class Collate:
             batch["target"] = columns["target"]
         if "image" in columns:
             batch["image"] = columns["image"].float()
+            if self.flip and self.image_start and batch["image"].dim() == 4:
+                image = batch["image"]
+                flipped = (torch.rand(len(image)) < self.flip).view(-1, 1, 1, 1)
+                batch["image"] = torch.where(flipped, image.flip(-1), image)
         if "text_mask" in columns:
             mask = columns["text_mask"].long()
             length = int(mask.sum(1).max())
@@ -155,9 +160,11 @@ class CaptagDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(data), self.cfg.seed) if shuffle else None
         raw_images = self.model.image is not None and self.model.image_cut == 0
         workers = self.cfg.num_workers if raw_images else 0
+        flip = self.cfg.feature_flip if shuffle else 0.0
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
                           num_workers=workers, persistent_workers=False,
-                          collate_fn=Collate(self.model, self.model.image_cut, self.model.text_cut))
+                          collate_fn=Collate(self.model, self.model.image_cut, self.model.text_cut,
+                                             flip))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
