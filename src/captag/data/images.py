@@ -56,10 +56,9 @@ def file_state(path: Path) -> tuple | None:
 
 def check_image(path: Path) -> str | None:
     """Why the image at `path` cannot be used, or None when it decodes fully."""
-    state = file_state(path)
-    if state is None or not path.is_file():
+    if not path.is_file():
         return "missing"
-    if state[1] == 0:
+    if path.stat().st_size == 0:
         return "empty file"
     try:
         with Image.open(path) as image:
