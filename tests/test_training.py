@@ -164,17 +164,18 @@ def test_cached_features_give_the_same_batches_whole_or_item_by_item():
     class Model:
         text = None
     lengths = torch.tensor([1, 2, 3, 4, 5, 6, 1, 2, 3, 4])
-    tensors = {"image": torch.randn(10, 4, 2, 2, dtype=torch.float16), "text": torch.randn(10, 6, 3),
-               "text_mask": (torch.arange(6) < lengths[:, None]).to(torch.uint8)}
+    tensors = {"image_features": torch.randn(10, 4, 2, 2, dtype=torch.float16),
+               "text_states": torch.randn(10, 6, 3),
+               "attention_mask": (torch.arange(6) < lengths[:, None]).to(torch.uint8)}
     data = Joined(CachedFeatures(tensors, targets=torch.eye(10)[:, :3].numpy()))
-    collate = Collate(Model(), 2, 1)
+    collate = Collate(Model())
     indices = [7, 2, 3]  # 2, 3 and 4 tokens: padding trimmed to 4
     whole = collate(data.__getitems__(indices))
     one_by_one = collate([data[i] for i in indices])
     assert whole.keys() == one_by_one.keys()
     for key, value in whole.items():
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(one_by_one[key])), key
-    assert whole["input_ids"].shape == (3, 4, 3) and whole["index"].tolist() == indices
+    assert whole["text_states"].shape == (3, 4, 3) and whole["index"].tolist() == indices
 
 
 def test_feature_flip_mirrors_cached_maps_of_training_batches_only():
@@ -184,7 +185,8 @@ def test_feature_flip_mirrors_cached_maps_of_training_batches_only():
     class Model:
         text = None
     maps = torch.randn(4, 3, 2, 5)
-    items = {"index": list(range(4)), "image": maps.clone(), "target": torch.zeros(4, 18)}
-    assert torch.equal(Collate(Model(), 4, 0, flip=1.0)(dict(items))["image"], maps.flip(-1))
-    assert torch.equal(Collate(Model(), 4, 0, flip=0.0)(dict(items))["image"], maps)
-    assert torch.equal(Collate(Model(), 0, 0, flip=1.0)(dict(items))["image"], maps)  # pixels
+    cached = {"index": list(range(4)), "image_features": maps.clone(), "target": torch.zeros(4, 18)}
+    pixels = {"index": list(range(4)), "image": maps.clone(), "target": torch.zeros(4, 18)}
+    assert torch.equal(Collate(Model(), flip=1.0)(dict(cached))["image_features"], maps.flip(-1))
+    assert torch.equal(Collate(Model(), flip=0.0)(dict(cached))["image_features"], maps)
+    assert torch.equal(Collate(Model(), flip=1.0)(dict(pixels))["image"], maps)

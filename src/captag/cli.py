@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from captag.evaluation.evaluate import evaluate_run
+    from captag.inference.evaluate import evaluate_run
     result = evaluate_run(args.run_dir, args.csv, args.images, args.batch_size,
                           args.num_workers, args.engine, progress=not (args.quiet or args.json),
                           split=args.split)
@@ -107,7 +107,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from captag.evaluation.evaluate import predict_run
+    from captag.inference.evaluate import predict_run
     result = predict_run(args.run_dir, args.csv, args.output, args.images, args.batch_size,
                          args.num_workers, args.engine, progress=not args.quiet)
     print(f"wrote {result['rows']} predictions to {result['output']} "

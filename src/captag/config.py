@@ -1,62 +1,109 @@
-"""One run's settings: a dataclass that reads YAML, takes CLI overrides and is saved resolved."""
+"""One run's settings: a validated dataclass, read from YAML or the command line, saved resolved.
+
+Every field declares its help text and what it allows (choices or a range). A `RunConfig` is
+checked whenever it is built, so a wrong type, value or name stops at once with a message that
+names the field, the bad value and the allowed ones, and suggests the nearest name for a typo
+(as Ultralytics' `check_cfg` does). This module imports nothing heavy, so the check takes
+milliseconds. Model names are checked by `captag.models.catalog`, one layer up.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from captag.errors import ConfigError, DataNotFoundError
 
-@dataclass
+SCHEDULES = ("constant", "linear", "cosine")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+
+
+def cache_root() -> Path:
+    """captag's cache folder (features, exported graphs, unpacked weights):
+    $CAPTAG_CACHE, or ~/.cache/captag."""
+    env = os.environ.get("CAPTAG_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "captag"
+
+
+def option(default, help: str, *, choices: tuple | None = None, low: float | None = None,
+           high: float | None = None, high_open: bool = False, low_open: bool = False):
+    """A config field with its help and allowed values (choices, or low <= value <= high;
+    `*_open` makes that bound strict)."""
+    return field(default=default, metadata=dict(help=help, choices=choices, low=low, high=high,
+                                                low_open=low_open, high_open=high_open))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that decides what a run does. Saved as config.yaml in the run folder."""
 
-    csv: str = ""
-    images: str | None = None
-    model: str = "fusion"
-    image_encoder: str = "tf_efficientnet_lite0"
-    text_encoder: str = "all-MiniLM-L6-v2"
-    image_weights: str | None = None
-    text_weights: str | None = None
-    image_trainable: int = 3      # top image stages trained; 0 frozen, -1 all
-    text_trainable: int = 2       # top text layers trained; 0 frozen, -1 all
-    image_size: int = 224
-    max_length: int = 64
-    dropout: float = 0.3
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 2e-4              # encoders
-    head_lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "linear"      # constant, linear or cosine decay (per step)
-    warmup: float = 0.05          # fraction of steps of linear warm-up
-    seed: int = 0
-    val_fraction: float = 0.2
-    hflip: float = 0.5
-    rotation: float = 10.0
-    feature_flip: float = 0.0  # flip cached image feature maps in training, with this probability
-    at_least_one: bool = True
-    skip_bad: bool = False
-    cache_dir: str | None = None
-    num_workers: int = 1
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str = "32-true"
-    extra: dict = field(default_factory=dict)
+    csv: str = option("", "labelled CSV (ImageID,Labels,Caption)")
+    images: str | None = option(None, "image folder (default: data/ beside the CSV)")
+    model: str = option("fusion", "fusion, image-only, text-only, an encoder name, or IMAGE+TEXT")
+    image_encoder: str = option("tf_efficientnet_lite0", "image encoder of fusion and image-only")
+    text_encoder: str = option("all-MiniLM-L6-v2", "text encoder of fusion and text-only")
+    image_weights: str | None = option(None, "image encoder weights: a file, 'hub' or 'none'")
+    text_weights: str | None = option(None, "text encoder weights: a folder, 'hub' or 'none'")
+    image_trainable: int = option(3, "top image stages trained (0 frozen, -1 all)", low=-1)
+    text_trainable: int = option(2, "top text layers trained (0 frozen, -1 all)", low=-1)
+    image_size: int = option(224, "image side in pixels", low=32, high=2048)
+    max_length: int = option(64, "caption tokens kept", low=2, high=512)
+    dropout: float = option(0.3, "dropout before the classifier", low=0, high=1, high_open=True)
+    epochs: int = option(3, "training epochs", low=1)
+    batch_size: int = option(32, "batch size", low=1)
+    lr: float = option(2e-4, "learning rate of the encoders", low=0, low_open=True)
+    head_lr: float = option(1e-3, "learning rate of the classifier head", low=0, low_open=True)
+    weight_decay: float = option(0.0, "Adam weight decay", low=0)
+    schedule: str = option("linear", "learning-rate decay per step", choices=SCHEDULES)
+    warmup: float = option(0.05, "fraction of steps of linear warm-up", low=0, high=1,
+                           high_open=True)
+    seed: int = option(0, "random seed (split, init, order)", low=0, high=2**32 - 1)
+    val_fraction: float = option(0.2, "validation share (0: no validation split)", low=0,
+                                 high=1, high_open=True)
+    hflip: float = option(0.5, "probability of a horizontal flip (trained pixels)", low=0, high=1)
+    rotation: float = option(10.0, "largest random rotation in degrees", low=0, high=180)
+    feature_flip: float = option(0.0, "probability of mirroring cached image maps in training",
+                                 low=0, high=1)
+    at_least_one: bool = option(True, "give every row at least its most likely label")
+    skip_bad: bool = option(False, "leave out rows whose image is missing or unreadable")
+    cache_dir: str | None = option(None, "feature cache folder (default $CAPTAG_CACHE or "
+                                         "~/.cache/captag)")
+    num_workers: int = option(1, "data-loading worker processes", low=0)
+    accelerator: str = option("auto", "where to train", choices=ACCELERATORS)
+    devices: str = option("auto", "devices: auto, a count (2 = two GPUs, DDP) or ids '0,1'")
+    precision: str = option("32-true", "numeric precision", choices=PRECISIONS)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
+
+    @classmethod
+    def from_dict(cls, data, source: str = "config") -> "RunConfig":
+        """A config from a mapping of settings; `source` names it in errors."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of setting: value, got "
+                              f"{type(data).__name__}. Example: 'epochs: 3'.")
+        return cls().update(**data)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls().update(**data)
+        return cls.from_dict(read_yaml(path), str(path))
 
     def update(self, **overrides) -> "RunConfig":
-        """A copy with the given fields replaced; None values are ignored, unknown names rejected."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"Unknown config option(s) {unknown}. Known options: {sorted(known)}.")
+        """A copy with the given fields replaced; None values are ignored, unknown names refused."""
+        known = field_names()
+        for name in overrides:
+            if name not in known:
+                raise ConfigError(f"unknown setting {name!r}{suggest(name, known)}. "
+                                  f"Settings: {', '.join(known)}.")
         values = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **values)
 
@@ -65,3 +112,116 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The plain type of a field: int, float, str or bool (Optional unwrapped)."""
+    kind = typing.get_type_hints(RunConfig)[f.name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if args else kind
+
+
+def is_optional(f: dataclasses.Field) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(RunConfig)[f.name])
+
+
+def suggest(value: str, allowed, cutoff: float = 0.5) -> str:
+    """' (did you mean 'x'?)' for the nearest allowed name, or ''."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _checked(f: dataclasses.Field, value):
+    """The value converted to the field's type, or a ConfigError that names the field."""
+    if value is None and is_optional(f):
+        return None
+    value = _convert(f, value, field_type(f))
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}: {value!r} is not allowed{suggest(value, meta['choices'], 0.3)}."
+                          f" Allowed: {', '.join(meta['choices'])}.")
+    if f.name == "devices":
+        _check_devices(value)
+    _check_range(f, value)
+    return value
+
+
+def _convert(f: dataclasses.Field, value, kind: type):
+    wrong = ConfigError(f"{f.name}: {value!r} is not a valid {kind.__name__} "
+                        f"({f.metadata['help']}).")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{f.name}: {value!r} is not true or false; write {f.name}: true "
+                              f"or {f.name}: false.")
+        return value
+    if isinstance(value, bool):
+        raise wrong
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise wrong
+        return value
+    if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise wrong from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong
+        return float(value)
+    if isinstance(value, (int, float)) and f.name == "devices":
+        return str(value)
+    if not isinstance(value, str) or (not value.strip() and not is_optional(f) and f.name != "csv"):
+        raise wrong
+    return value
+
+
+def _check_range(f: dataclasses.Field, value) -> None:
+    meta = f.metadata
+    low, high = meta.get("low"), meta.get("high")
+    if low is None and high is None:
+        return
+    below = low is not None and (value <= low if meta["low_open"] else value < low)
+    above = high is not None and (value >= high if meta["high_open"] else value > high)
+    if below or above:
+        parts = []
+        if low is not None:
+            parts.append(f"{low:g} {'<' if meta['low_open'] else '<='} {f.name}")
+        if high is not None:
+            parts.append(f"{'<' if meta['high_open'] else '<='} {high:g}")
+        raise ConfigError(f"{f.name}: {value!r} is out of range; allowed: {' '.join(parts)} "
+                          f"({meta['help']}).")
+
+
+def _check_devices(value: str) -> None:
+    text = value.strip()
+    if text == "auto" or text == "-1":
+        return
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts and all(p.isdigit() for p in parts) and (len(parts) > 1 or int(parts[0]) >= 1):
+        return
+    raise ConfigError(f"devices: {value!r} is not allowed. Allowed: auto, -1 (all), a count "
+                      "such as 2, or device ids such as '0,1'.")
+
+
+def read_yaml(path: str | Path):
+    """The YAML document in `path`; a ConfigError naming the file if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"Config file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (it is not UTF-8).") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).split("\n")[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem}).") from None

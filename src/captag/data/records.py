@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from captag.errors import DataFormatError
+
 from .labels import LABEL_IDS
 
 LABELLED_HEADER = "ImageID,Labels,Caption"
@@ -26,15 +28,6 @@ class Record:
     caption: str
     labels: tuple[int, ...] | None  # None for unlabelled files
     line: int  # 1-based line number in the file where the record starts
-
-
-class DataFormatError(ValueError):
-    """A CSV file does not follow the expected format; the message says where and what to do."""
-
-    def __init__(self, path, line: int, problem: str, fix: str, image_id: str | None = None):
-        self.path, self.line, self.image_id = str(path), line, image_id
-        record = f"record {image_id}: " if image_id else ""
-        super().__init__(f"{path}:{line}: {record}{problem}. {fix}")
 
 
 def read_records(path: str | Path, label_ids: Sequence[int] = LABEL_IDS) -> list[Record]:

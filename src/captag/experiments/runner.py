@@ -26,7 +26,7 @@ from captag.evaluation.speed import Timer, throughput
 from captag.models.registry import encoder_names
 from captag.models.text import canonical_name
 from captag.models.weights import WeightsNotFoundError, resolve
-from captag.training.run import RunFolder
+from captag.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def measure_speed(run_dir: str | Path, predict_rows: int = 256) -> dict:
 
 
 def _measure_speed(run_dir: str | Path, predict_rows: int) -> dict:
-    from captag.evaluation.inference import Predictor
+    from captag.inference.predictor import Predictor
     predictor = Predictor(run_dir)
     cfg = predictor.cfg
     records = validation_records(predictor.run, cfg)

@@ -67,15 +67,19 @@ class FusionModel(nn.Module):
                     module.eval()
         return self
 
-    def forward(self, image: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, image_start: int = 0,
-                text_start: int = 0) -> torch.Tensor:
-        """Logits from pixels and token ids, or from cached activations at the given starts."""
+    def forward(self, image: torch.Tensor | None = None, image_features: torch.Tensor | None = None,
+                input_ids: torch.Tensor | None = None, text_states: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from pixels (`image`) or the cached output of the frozen image stages
+        (`image_features`), and from token ids (`input_ids`) or the cached output of the frozen
+        text stages (`text_states`: token states, or pooled vectors when all are frozen)."""
         features = []
         if self.image is not None:
-            features.append(self.image(image, start=image_start))
+            features.append(self.image(image, start=0) if image_features is None
+                            else self.image(image_features, start=self.image_cut))
         if self.text is not None:
-            features.append(self.text(input_ids, attention_mask, start=text_start))
+            features.append(self.text(input_ids, attention_mask, start=0) if text_states is None
+                            else self.text(text_states, attention_mask, start=self.text_cut))
         return self.head(torch.cat(features, dim=1))
 
 

@@ -23,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from captag.errors import WeightsNotFoundError
+
 # encoder name -> (package module, path of the weights inside it, pip name)
 PACKAGED_WEIGHTS: dict[str, tuple[str, str, str]] = {
     "tf_efficientnet_lite0": (
@@ -79,10 +81,6 @@ def weights_cache_dir() -> Path:
     """Where assembled model folders live: $CAPTAG_CACHE/weights or ~/.cache/captag/weights."""
     env = os.environ.get("CAPTAG_CACHE")
     return (Path(env) if env else Path.home() / ".cache" / "captag") / "weights"
-
-
-class WeightsNotFoundError(RuntimeError):
-    """No pretrained weights could be found for an encoder."""
 
 
 @dataclass(frozen=True)

@@ -76,35 +76,42 @@ def stack_items(items: list[dict]) -> dict:
 
 
 class Collate:
-    """Stacks items into a model batch; tokenises raw captions, trims cached token padding."""
+    """Stacks items into a model batch; tokenises raw captions, trims cached token padding.
 
-    def __init__(self, model: FusionModel, image_start: int, text_start: int, flip: float = 0.0):
+    Batch keys: `image` (pixels) or `image_features` (cached frozen image stages), `input_ids`
+    or `text_states` (cached frozen text stages) with `attention_mask`, `target` and `index`.
+    """
+
+    def __init__(self, model: FusionModel, flip: float = 0.0):
         self.tokenizer = model.text.tokenize if model.text is not None else None
-        self.image_start, self.text_start = image_start, text_start
         self.flip = flip
 
     def __call__(self, items: list[dict] | dict) -> dict:
         columns = items if isinstance(items, dict) else stack_items(items)
-        batch = {"index": torch.as_tensor(columns["index"]),
-                 "image_start": self.image_start, "text_start": self.text_start}
+        batch = {"index": torch.as_tensor(columns["index"])}
         if "target" in columns:
             batch["target"] = columns["target"]
-        if "image" in columns:
+        if "image_features" in columns:
+            batch["image_features"] = self._flipped(columns["image_features"].float())
+        elif "image" in columns:
             batch["image"] = columns["image"].float()
-            if self.flip and self.image_start and batch["image"].dim() == 4:
-                image = batch["image"]
-                flipped = (torch.rand(len(image)) < self.flip).view(-1, 1, 1, 1)
-                batch["image"] = torch.where(flipped, image.flip(-1), image)
-        if "text_mask" in columns:
-            mask = columns["text_mask"].long()
-            length = int(mask.sum(1).max())
-            batch["attention_mask"] = mask[:, :length]
-            batch["input_ids"] = columns["text"][:, :length].float()
-        elif "text" in columns:
-            batch["input_ids"] = columns["text"].float()
+        if "text_states" in columns:
+            states = columns["text_states"].float()
+            if "attention_mask" in columns:
+                mask = columns["attention_mask"].long()
+                length = int(mask.sum(1).max())
+                batch["attention_mask"], states = mask[:, :length], states[:, :length]
+            batch["text_states"] = states
         elif self.tokenizer is not None:
             batch.update(self.tokenizer(columns["caption"]))
         return batch
+
+    def _flipped(self, maps: torch.Tensor) -> torch.Tensor:
+        """Feature maps mirrored at random (probability `flip`); pooled vectors as they are."""
+        if not self.flip or maps.dim() != 4:
+            return maps
+        flipped = (torch.rand(len(maps)) < self.flip).view(-1, 1, 1, 1)
+        return torch.where(flipped, maps.flip(-1), maps)
 
 
 class CaptagDataModule(L.LightningDataModule):
@@ -131,7 +138,7 @@ class CaptagDataModule(L.LightningDataModule):
         cached, raw_images = {}, False
         if self.model.image is not None:
             if self.model.image_cut > 0:
-                cached["image"] = image_activations(
+                cached["image_features"] = image_activations(
                     self.model, records, self.image_dir, self.cfg.image_size, self.cache,
                     num_workers=self.cfg.num_workers, progress=self.progress)
             else:
@@ -163,8 +170,7 @@ class CaptagDataModule(L.LightningDataModule):
         flip = self.cfg.feature_flip if shuffle else 0.0
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
                           num_workers=workers, persistent_workers=False,
-                          collate_fn=Collate(self.model, self.model.image_cut, self.model.text_cut,
-                                             flip))
+                          collate_fn=Collate(self.model, flip))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

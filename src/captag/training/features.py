@@ -118,7 +118,8 @@ def image_activations(model: FusionModel, records: Sequence[Record], image_dir: 
 
 def text_activations(model: FusionModel, captions: Sequence[str], cache: FeatureCache,
                      batch_size: int = 128, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Token states after the text encoder's frozen stages, or pooled vectors if all are frozen."""
+    """Token states after the text encoder's frozen stages (`text_states`, with their
+    `attention_mask`), or pooled vectors (`text_states` alone) if all its stages are frozen."""
     encoder, cut = model.text, model.text_cut
     pooled = cut >= encoder.num_stages
     spec = {"kind": "text", "name": encoder.name, "cut": cut, "version": CACHE_VERSION,
@@ -144,7 +145,9 @@ def text_activations(model: FusionModel, captions: Sequence[str], cache: Feature
             return {"text": torch.stack(states).to(torch.float16)}
         return _pad_states(states, masks)
 
-    return cache.get_or_compute(spec, hashes, compute)
+    stored = cache.get_or_compute(spec, hashes, compute)
+    names = {"text": "text_states", "text_mask": "attention_mask"}
+    return {names[key]: tensor for key, tensor in stored.items()}
 
 
 def _pad_states(states: list[torch.Tensor], masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,10 +13,11 @@ from captag.evaluation.metrics import compute_metrics
 from captag.models.fusion import FusionModel
 
 
+MODEL_INPUTS = ("image", "image_features", "input_ids", "text_states", "attention_mask")
+
+
 def model_inputs(batch: dict) -> dict:
-    return {"image": batch.get("image"), "input_ids": batch.get("input_ids"),
-            "attention_mask": batch.get("attention_mask"),
-            "image_start": batch.get("image_start", 0), "text_start": batch.get("text_start", 0)}
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
 
 
 class CaptagModule(L.LightningModule):

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from captag.config import RunConfig
+from captag.errors import BadImagesError
 from captag.data import LabelMap, check_images, read_records, resolve_image_dir, split_ids
 from captag.data.split import load_split, save_split
 from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
@@ -28,13 +29,9 @@ from captag.training.cache import FeatureCache
 from captag.training.callbacks import MetricsCSV, RngState
 from captag.training.datamodule import CaptagDataModule
 from captag.training.module import CaptagModule
-from captag.training.run import RunFolder
+from captag.runs import RunFolder
 
 log = logging.getLogger(__name__)
-
-
-class BadImagesError(RuntimeError):
-    """Some images are missing or unreadable; training did not start."""
 
 
 def is_rank_zero() -> bool:

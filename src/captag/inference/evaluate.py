@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from captag.data import LabelMap, check_images, load_split, read_records, resolve_image_dir
-from captag.evaluation.inference import Predictor
+from captag.inference.predictor import Predictor
 from captag.evaluation.metrics import compute_metrics, load_thresholds, per_class_report, predict_labels
 from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
 from captag.evaluation.speed import Timer, throughput

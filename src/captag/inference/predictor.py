@@ -20,7 +20,7 @@ from captag.data.dataset import CaptionedImages
 from captag.data.records import Record
 from captag.data.transforms import build_transform
 from captag.models.fusion import FusionModel
-from captag.training.run import RunFolder
+from captag.runs import RunFolder
 
 log = logging.getLogger(__name__)
 

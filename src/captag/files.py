@@ -1,0 +1,60 @@
+"""Strict JSON in and out: no bare NaN (it is written as null), atomic writes, and read errors
+that name the file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from captag.errors import CaptagError
+
+
+def jsonable(value):
+    """The value with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return jsonable(value.item())
+    return value
+
+
+def dumps(data, indent: int | None = None) -> str:
+    """Strict JSON text (what JavaScript's JSON.parse accepts)."""
+    return json.dumps(jsonable(data), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write strict JSON atomically: readers see the old file or the new one, never a part."""
+    write_text(path, dumps(data, indent=2) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_json(path: str | Path, error: type[CaptagError], expected: str = "a JSON object"):
+    """The JSON in `path`; `error` (naming the file and what was expected) if it is missing or
+    not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path} is missing.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path}: not valid JSON ({problem}); expected {expected}.") from None

@@ -1,0 +1,1 @@
+"""Inference: label probabilities from a finished run folder, `evaluate` and `predict`."""
