@@ -91,6 +91,8 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of setting: value, got "
                               f"{type(data).__name__}. Example: 'epochs: 3'.")
+        if "extra" in data and not data["extra"]:  # an unused field of earlier versions
+            data = {k: v for k, v in data.items() if k != "extra"}
         return cls().update(**data)
 
     @classmethod
