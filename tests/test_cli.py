@@ -70,3 +70,35 @@ def test_unknown_config_option_is_named(tmp_path, capsys):
     config.write_text("epochz: 3\n")
     code = main(["train", "--config", str(config), "--out", str(tmp_path / "run")])
     assert code == 2 and "epochz" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_cannot_be_created_is_a_clean_error(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    code = main(["train", "--csv", str(MINI), "--out", str(blocker / "run"), "--freeze"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("captag: error:") and "file.txt" in err
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_error_does_not(tmp_path, monkeypatch, capsys):
+    import captag.inference.evaluate as evaluate
+
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory")
+    monkeypatch.setattr(evaluate, "evaluate_run", broken)
+    with pytest.raises(MemoryError):  # not turned into a one-line "user error"
+        main(["evaluate", str(tmp_path), "--csv", str(MINI)])
+    monkeypatch.undo()
+    assert main(["evaluate", str(tmp_path), "--csv", str(MINI)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["-v", "evaluate", str(tmp_path), "--csv", str(MINI)]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_config_that_is_not_yaml_is_named(tmp_path, capsys):
+    for name, content in (("list.yaml", b"- 1\n- 2\n"), ("bin.yaml", bytes(range(256))),
+                          ("bad.yaml", b"epochs: [3\n")):
+        (tmp_path / name).write_bytes(content)
+        code = main(["train", "--config", str(tmp_path / name), "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert code == 2 and name in err and "Traceback" not in err

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from captag.data import (
-    LABEL_IDS, BadImage, DataFormatError, LabelMap, check_images, is_labelled, load_image,
-    load_split, read_records, resolve_image_dir, save_split, split_ids,
+    LABEL_IDS, BadImage, DataFormatError, LabelMap, Record, check_images, is_labelled, load_image,
+    load_split, read_records, require_labels, resolve_image_dir, save_split, screen_images, split_ids,
 )
+from captag.errors import BadImagesError, ConfigError, DataNotFoundError, RunFolderError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "comp5329"
 HEADER = "ImageID,Labels,Caption"
@@ -112,6 +113,57 @@ def test_bad_header_or_stray_line_raises(tmp_path, text, line):
         read_records(path)
 
 
+UNLABELLED = ["ImageID,Caption", '0.jpg,"ok"', '1.jpg,"two', 'lines"']  # the bad record goes on line 5
+
+
+@pytest.mark.parametrize("bad_id", ["62.png", "62.JPG", "62", "a/../x.jpg"])
+@pytest.mark.parametrize("good, rest", [(GOOD, ',1 2,"x"'), (UNLABELLED, ',"x"')])
+def test_record_with_a_bad_id_raises(tmp_path, bad_id, good, rest):
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(good + [bad_id + rest, '9.jpg' + rest]) + "\n")
+    with pytest.raises(DataFormatError) as info:
+        read_records(path)
+    message = str(info.value)
+    assert f"{path}:5:" in message and repr(bad_id) in message and "123.jpg" in message
+    assert info.value.line == 5 and info.value.image_id == bad_id
+
+
+@pytest.mark.parametrize("good, bad", [
+    (GOOD, '62.png,"x"'), (GOOD, '62.png,cat,"x"'), (GOOD, "62.png, 1,x"), (GOOD, 'two words,1,"x"'),
+    (UNLABELLED, '62.png,1,"x"'), (UNLABELLED, 'two words,"x"'), (UNLABELLED, '62.png, "x"'),
+])
+def test_line_not_shaped_like_a_record_stays_in_the_caption(tmp_path, good, bad):
+    path = tmp_path / "x.csv"
+    path.write_text("\n".join(good[:3] + [bad + ' more"']) + "\n")
+    records = read_records(path)
+    assert len(records) == 2 and records[1].caption == "two\n" + bad + " more"
+
+
+@pytest.mark.parametrize("text", [HEADER + "\n", "ImageID,Caption", HEADER + "\r\n\r\n  \n"])
+def test_file_without_records_raises(tmp_path, text):
+    path = tmp_path / "empty.csv"
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match="no records") as info:
+        read_records(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_csv_or_folder_raises(tmp_path):
+    with pytest.raises(DataNotFoundError, match="nope.csv"):
+        read_records(tmp_path / "nope.csv")
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(DataNotFoundError, match="dir.csv.* is a folder"):
+        read_records(tmp_path / "dir.csv")
+
+
+def test_require_labels(data_dir):
+    require_labels(read_records(data_dir / "mini.csv"), data_dir / "mini.csv", "training")
+    path = data_dir / "test_mini.csv"
+    with pytest.raises(DataFormatError, match="no Labels column.*training needs labelled rows") as info:
+        require_labels(read_records(path), path, "training")
+    assert str(info.value).startswith(f"{path}:1: ") and info.value.line == 1
+
+
 def test_custom_label_ids(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text(HEADER + '\n0.jpg,12,"x"\n')
@@ -135,6 +187,20 @@ def test_label_map_round_trip(tmp_path):
     assert LabelMap.load(tmp_path / "labels.json") == label_map
 
 
+@pytest.mark.parametrize("text", [
+    "not json", "[1, 2]", '{"ids": [1, 2]}', '{"ids": "12", "names": "ab"}', '{"ids": [1, 2], "names": ["a"]}',
+    '{"ids": [1, 1], "names": ["a", "b"]}', '{"ids": ["x"], "names": ["a"]}', '{"ids": [1.5], "names": ["a"]}',
+    '{"ids": [1], "names": [2]}',
+])
+def test_label_map_load_rejects_bad_files(tmp_path, text):
+    path = tmp_path / "labels.json"
+    path.write_text(text)
+    with pytest.raises(RunFolderError, match="labels.json"):
+        LabelMap.load(path)
+    with pytest.raises(RunFolderError, match="missing"):
+        LabelMap.load(tmp_path / "nope.json")
+
+
 # --- split -----------------------------------------------------------------
 
 def test_split(data_dir, tmp_path):
@@ -148,10 +214,31 @@ def test_split(data_dir, tmp_path):
     assert split_ids(ids, 0.2, seed=1)[1] != val
     assert split_ids(ids, 0.0) == (sorted(ids, key=lambda i: int(i[:-4])), [])
     for bad in (1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="val_fraction"):
+        with pytest.raises(ConfigError, match="val_fraction"):
             split_ids(ids, bad)
     save_split(tmp_path / "split.json", train, val, seed=0, val_fraction=0.2)
     assert load_split(tmp_path / "split.json") == (train, val)
+
+
+def test_split_edges():
+    ids = [f"{i}.jpg" for i in range(10)]
+    assert split_ids(ids, 0) == (ids, [])
+    assert split_ids(ids[:1], 0.4) == (ids[:1], [])
+    assert len(split_ids(ids, 0.9)[0]) == 1
+    with pytest.raises(ConfigError, match="val_fraction 0.96 leaves no training rows"):
+        split_ids(ids, 0.96)
+
+
+@pytest.mark.parametrize("text", [
+    "garbage", "[1, 2]", '{"train": []}', '{"val": []}', '{"train": 5, "val": []}', '{"train": ["1.jpg"], "val": [2]}',
+])
+def test_load_split_rejects_bad_files(tmp_path, text):
+    path = tmp_path / "split.json"
+    path.write_text(text)
+    with pytest.raises(RunFolderError, match="split.json"):
+        load_split(path)
+    with pytest.raises(RunFolderError, match="missing"):
+        load_split(tmp_path / "nope.json")
 
 
 # --- images ----------------------------------------------------------------
@@ -205,10 +292,35 @@ def test_check_real_images(data_dir):
 def test_resolve_image_dir(data_dir, tmp_path):
     assert resolve_image_dir(data_dir / "train.csv", None) == data_dir / "data"
     assert resolve_image_dir("whatever.csv", str(tmp_path)) == tmp_path
-    with pytest.raises(FileNotFoundError, match="--images DIR"):
+    with pytest.raises(DataNotFoundError, match="--images DIR"):
         resolve_image_dir(tmp_path / "train.csv", None)
-    with pytest.raises(FileNotFoundError, match="--images DIR"):
+    with pytest.raises(DataNotFoundError, match="--images DIR"):
         resolve_image_dir(tmp_path / "train.csv", str(tmp_path / "nope"))
+
+
+def _records(ids):
+    return [Record(image_id, "a caption", (1,), line) for line, image_id in enumerate(ids, start=2)]
+
+
+def test_screen_images(image_dir):
+    records = _records(["1.jpg", "7.jpg", "2.jpg", "10.jpg", "3.jpg"])
+    assert screen_images(records[::2], image_dir) == (records[::2], [])
+    with pytest.raises(BadImagesError) as info:
+        screen_images(records, image_dir)
+    assert str(info.value) == (
+        f"2 of 5 images in {image_dir} cannot be used:\n  7.jpg: missing\n  10.jpg: empty file\n"
+        "Fix or remove them, pass the right folder with --images DIR, or pass --skip-bad to leave those rows out.")
+    kept, bad = screen_images(records, image_dir, skip_bad=True)
+    assert kept == records[::2] and bad == [BadImage("7.jpg", "missing"), BadImage("10.jpg", "empty file")]
+
+
+def test_screen_images_lists_at_most_50(tmp_path):
+    records = _records([f"{i}.jpg" for i in range(53)])
+    with pytest.raises(BadImagesError) as info:
+        screen_images(records, tmp_path)
+    lines = str(info.value).split("\n")
+    assert lines[0] == f"53 of 53 images in {tmp_path} cannot be used:"
+    assert lines[1:51] == [f"  {i}.jpg: missing" for i in range(50)] and lines[51] == "  ... and 3 more"
 
 
 def test_check_images_decodes_an_unchanged_good_file_once(image_dir, monkeypatch):

@@ -32,7 +32,8 @@ def test_readme_main_job(tmp_path, cache_dir, capsys):
 
 @pytest.mark.slow
 def test_whole_study_on_a_mini_subset(tmp_path, cache_dir):
-    from captag.experiments.runner import SKIPPED_RANDOM, has_offline_weights
+    from captag.experiments.runner import SKIPPED_RANDOM
+    from captag.models.weights import plan_weights
     from conftest import small_csv
     data = small_csv(tmp_path / "s120.csv", 120)
     out = tmp_path / "study"
@@ -47,7 +48,7 @@ def test_whole_study_on_a_mini_subset(tmp_path, cache_dir):
     assert all(0 <= float(r["f1_samples"]) <= 1 and r["weights"] != "none" for r in trained)
     seed = next(r for r in rows if r["model"] == "efficientnet_b3+tinybert")
     assert seed["status"] == SKIPPED_RANDOM and seed["weights"] == "none"
-    if has_offline_weights("all-mpnet-base-v2"):
+    if plan_weights("all-mpnet-base-v2").offline:
         mpnet = next(r for r in rows if r["model"] == "all-mpnet-base-v2")
         assert "over the 100 MB budget" in mpnet["status"] and float(mpnet["model_file_mb"]) > 100
     fused = [r for r in trained if r["group"] == "compare" and "+" in r["model"]]

@@ -112,7 +112,7 @@ def test_per_class_report_values():
 
 
 def test_thresholds_round_trip(tmp_path):
-    path = tmp_path / "sub" / "thresholds.json"
+    path = tmp_path / "thresholds.json"
     save_thresholds(path, 0.325, 0.71, 0.68)
     data = json.loads(path.read_text())
     assert data == {"threshold": 0.325, "default": 0.5, "tuned_on": "validation",

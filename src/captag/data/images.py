@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from captag.errors import BadImagesError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+LISTED = 50  # most bad images named in one message
 CHECK_SIZE = 64  # decode JPEGs at 1/8 scale or so during the check; truncation is still caught
 _GOOD: set[tuple] = set()  # (path, size, mtime, inode) of files that decoded, for this process
 
@@ -104,11 +109,43 @@ def resolve_image_dir(csv_path: str | Path, images: str | Path | None) -> Path:
     if images:
         folder = Path(images)
         if not folder.is_dir():
-            raise FileNotFoundError(f"Image folder {folder} (given with --images) does not exist. "
+            raise DataNotFoundError(f"Image folder {folder} (given with --images) does not exist. "
                                     "Pass the folder that holds the .jpg files with --images DIR.")
         return folder
     folder = Path(csv_path).parent / "data"
     if not folder.is_dir():
-        raise FileNotFoundError(f"No image folder found: expected {folder} beside {csv_path}. "
+        raise DataNotFoundError(f"No image folder found: expected {folder} beside {csv_path}. "
                                 "Put the images there or pass their folder with --images DIR.")
     return folder
+
+
+def screen_images(records: Sequence, image_dir: str | Path, skip_bad: bool = False,
+                  progress: bool = False, can_skip: bool = True) -> tuple[list, list[BadImage]]:
+    """Decode the image of every record (see check_images) before any work starts.
+
+    Returns (kept records, bad images). With no bad image, kept is all of `records` and the
+    list is empty. Otherwise, unless `skip_bad`, raises BadImagesError whose message lists the
+    bad ones ("N of M images in DIR cannot be used:", then "  ID: reason" lines, at most 50,
+    then what to do); with `skip_bad`, logs that listing as a warning and keeps the other
+    records, in their order. The caller records the bad list where it needs to (a run folder).
+    `can_skip` False leaves --skip-bad out of the advice (commands that have no such option).
+    """
+    bad = check_images([r.image_id for r in records], image_dir, progress=progress)
+    if not bad:
+        return list(records), []
+    listing = bad_listing(bad)
+    if not skip_bad:
+        raise BadImagesError(f"{len(bad)} of {len(records)} images in {image_dir} cannot be used:\n{listing}\n"
+                             "Fix or remove them, or pass the right folder with --images DIR"
+                             + (", or pass --skip-bad to leave those rows out." if can_skip else "."))
+    log.warning("Leaving out %d rows with bad images in %s:\n%s", len(bad), image_dir, listing)
+    skipped = {b.image_id for b in bad}
+    return [r for r in records if r.image_id not in skipped], bad
+
+
+def bad_listing(bad: Sequence[BadImage], most: int = LISTED) -> str:
+    """One "  ID: reason" line per bad image, at most `most`, then "  ... and N more"."""
+    lines = [f"  {b.image_id}: {b.reason}" for b in bad[:most]]
+    if len(bad) > most:
+        lines.append(f"  ... and {len(bad) - most} more")
+    return "\n".join(lines)

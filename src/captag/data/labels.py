@@ -10,6 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
+from captag.errors import RunFolderError
+from captag.files import read_json
+
 LABEL_NAMES: dict[int, str] = {
     1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus",
     7: "train", 8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant",
@@ -73,8 +76,22 @@ class LabelMap:
 
     @classmethod
     def load(cls, path: str | Path) -> LabelMap:
-        data = json.loads(Path(path).read_text())
+        """The label map saved in `path`; RunFolderError naming the file if it is missing or bad."""
+        expected = "a label map: JSON with an 'ids' list of integers and a 'names' list of strings"
+        ids, names = read_json_lists(path, expected, ids=int, names=str)
         try:
-            return cls(tuple(data["ids"]), tuple(data["names"]))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a label map: expected JSON with 'ids' and 'names' lists.") from exc
+            return cls(ids, names)
+        except ValueError as exc:
+            raise RunFolderError(f"{path}: {exc}") from None
+
+
+def read_json_lists(path: str | Path, expected: str, **kinds: type) -> list[list]:
+    """The lists under the keys of `kinds` in the JSON object in `path`, in that order, each
+    holding only items of its type (bools are not ints); RunFolderError naming the file and
+    `expected` when the file is missing, not JSON, or not of that shape."""
+    data = read_json(path, RunFolderError, expected)
+    values = [data.get(key) if isinstance(data, dict) else None for key in kinds]
+    for value, kind in zip(values, kinds.values()):
+        if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise RunFolderError(f"{path} is not {expected}.")
+    return values

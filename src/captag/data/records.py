@@ -4,6 +4,10 @@ A file starts with the header `ImageID,Labels,Caption` (labelled) or `ImageID,Ca
 (unlabelled). Each record starts on a line that matches `^\\d+\\.jpg,` and runs until the
 next such line; its caption is everything between the first and the last double quote,
 so it may hold unescaped quotes, commas and line breaks.
+
+A line inside a caption that looks like the start of a record (`ID,LABELS,"...` with numeric
+labels, or `ID,"...` in an unlabelled file, ID one token) but whose ID is not `<digits>.jpg`
+stops the read: folding it into the previous caption would silently lose a row.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from captag.errors import DataFormatError
+from captag.errors import DataFormatError, DataNotFoundError
 
 from .labels import LABEL_IDS
 
 LABELLED_HEADER = "ImageID,Labels,Caption"
 UNLABELLED_HEADER = "ImageID,Caption"
 RECORD_START = re.compile(r"(\d+\.jpg),")
+# A line shaped like a record start, whatever its ID: labelled, then unlabelled files.
+RECORD_SHAPE = {True: re.compile(r'([^\s,"]+),\d+(?: +\d+)*,"'), False: re.compile(r'([^\s,"]+),"')}
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,10 @@ def read_records(path: str | Path, label_ids: Sequence[int] = LABEL_IDS) -> list
     """Read every record of a labelled or unlabelled CSV file, in file order."""
     lines = _read_text(path).split("\n")
     labelled = _check_header(path, lines[0])
-    chunks = _group_lines(path, lines)
+    chunks = _group_lines(path, lines, labelled)
+    if not chunks:
+        raise DataFormatError(path, 1, "the file has no records, only the header",
+                              "Add records below the header, or pass the CSV that holds the data.")
     valid = frozenset(label_ids)
     records, first_line = [], {}
     for line, text in chunks:
@@ -53,8 +62,27 @@ def is_labelled(records: Sequence[Record]) -> bool:
     return bool(records) and all(r.labels is not None for r in records)
 
 
+def require_labels(records: Sequence[Record], path: str | Path, purpose: str) -> None:
+    """Stop with a DataFormatError (at line 1, the header) unless every record has labels.
+
+    `purpose` says what needs them, e.g. "training" or "evaluate": the message reads
+    "<path>:1: the file has no Labels column, and <purpose> needs labelled rows. ..."."""
+    if any(r.labels is None for r in records):
+        raise DataFormatError(path, 1, f"the file has no Labels column, and {purpose} needs labelled rows",
+                              f"Use a CSV with the header {LABELLED_HEADER!r}; "
+                              "`captag predict` is the command for unlabelled rows.")
+
+
 def _read_text(path) -> str:
-    raw = Path(path).read_bytes()
+    path = Path(path)
+    if path.is_dir():
+        raise DataNotFoundError(f"{path} is a folder, not a CSV file. Pass the path of the CSV file itself.")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataNotFoundError(f"CSV file {path} does not exist. Check the path.") from None
+    except OSError as exc:
+        raise DataNotFoundError(f"CSV file {path} cannot be read: {exc.strerror or exc}.") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -74,10 +102,11 @@ def _check_header(path, first_line: str) -> bool:
                           "Put one of these headers on the first line of the file.")
 
 
-def _group_lines(path, lines: list[str]) -> list[tuple[int, str]]:
+def _group_lines(path, lines: list[str], labelled: bool) -> list[tuple[int, str]]:
     """(start line, text) for each record; text keeps the line breaks inside the record."""
     chunks, start, body = [], None, []
     for number, line in enumerate(lines[1:], start=2):
+        _check_id(path, number, line, labelled)
         if RECORD_START.match(line):
             if start is not None:
                 chunks.append((start, "\n".join(body)))
@@ -90,6 +119,16 @@ def _group_lines(path, lines: list[str]) -> list[tuple[int, str]]:
     if start is not None:
         chunks.append((start, "\n".join(body)))
     return chunks
+
+
+def _check_id(path, number: int, line: str, labelled: bool) -> None:
+    """Stop at a line shaped like a record start whose image ID is not `<digits>.jpg`."""
+    shape = RECORD_SHAPE[labelled].match(line)
+    if shape and not RECORD_START.match(line):
+        image_id = shape.group(1)
+        raise DataFormatError(path, number, f"the image ID {image_id!r} is not valid",
+                              "Image IDs look like 123.jpg (digits, then .jpg in lower case): "
+                              "rename the image and its ID to match.", image_id)
 
 
 def _parse_record(path, line: int, text: str, labelled: bool, valid: frozenset[int]) -> Record:

@@ -8,6 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
+from captag.errors import ConfigError
+
+from .labels import read_json_lists
+
 
 def id_key(image_id: str):
     """Sort key that orders '2.jpg' before '10.jpg'; non-numeric IDs go last, by name."""
@@ -16,13 +20,19 @@ def id_key(image_id: str):
 
 
 def split_ids(ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Split IDs into (train, val); the result depends only on the set of IDs and the seed."""
+    """Split IDs into (train, val); the result depends only on the set of IDs and the seed.
+
+    val_fraction 0 gives an empty validation list; a fraction that would leave no training
+    rows raises ConfigError."""
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}. Use 0 for no validation set.")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}. Use 0 for no validation set.")
     ordered = sorted(ids, key=id_key)
     if len(set(ordered)) != len(ordered):
         raise ValueError("split_ids got duplicate image IDs; each ID must appear once.")
     n_val = round(len(ordered) * val_fraction)
+    if ordered and n_val == len(ordered):
+        raise ConfigError(f"val_fraction {val_fraction} leaves no training rows out of {len(ordered)}. "
+                          "Use a smaller val_fraction.")
     perm = np.random.default_rng(seed).permutation(len(ordered))
     val_idx = set(perm[:n_val].tolist())
     train = [x for i, x in enumerate(ordered) if i not in val_idx]
@@ -36,7 +46,7 @@ def save_split(path: str | Path, train_ids: Sequence[str], val_ids: Sequence[str
 
 
 def load_split(path: str | Path) -> tuple[list[str], list[str]]:
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict) or "train" not in data or "val" not in data:
-        raise ValueError(f"{path} is not a split file: expected JSON with 'train' and 'val' lists.")
-    return list(data["train"]), list(data["val"])
+    """(train IDs, val IDs) saved in `path`; RunFolderError naming the file if it is missing or bad."""
+    expected = "a split file: JSON with 'train' and 'val' lists of image IDs"
+    train, val = read_json_lists(path, expected, train=str, val=str)
+    return train, val

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
+from captag.files import write_json
+
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -113,20 +115,18 @@ def tune_threshold(
 
 
 def save_thresholds(
-    path: str | Path, threshold: float, f1_at_threshold: float, f1_at_half: float,
-    source: str = "validation",
+    path: str | Path, threshold: float, f1_at_threshold: float | None,
+    f1_at_half: float | None, source: str | None = "validation",
 ) -> None:
-    """Write the tuned threshold and the f1_samples it gave (and at 0.5) as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
+    """Write the tuned threshold and the f1_samples it gave (and at 0.5) as JSON;
+    `source` None means no tuning (no validation split): the threshold is the default."""
+    write_json(path, {
         "threshold": float(threshold),
         "default": DEFAULT_THRESHOLD,
         "tuned_on": source,
-        "f1_samples_tuned": float(f1_at_threshold),
-        "f1_samples_at_0.5": float(f1_at_half),
-    }
-    path.write_text(json.dumps(data, indent=2) + "\n")
+        "f1_samples_tuned": f1_at_threshold,
+        "f1_samples_at_0.5": f1_at_half,
+    })
 
 
 def load_thresholds(path: str | Path) -> float:

@@ -1,7 +1,8 @@
 """Run many configs into one study folder: a normal run folder and a results.csv row for each.
 
-    OUT/runs/NAME/    one run folder per config (train, evaluate and predict work on it)
-    OUT/results.csv   one row per config, rewritten after each run
+    OUT/runs/NAME/             one run folder per config (train, evaluate and predict work on it)
+    OUT/runs/NAME/speed.json   its prediction speed, measured once
+    OUT/results.csv            one row per config, rewritten after each run
 
 A run folder that already holds summary.json is reused, so an interrupted study continues.
 Models whose pretrained weights are not available offline are listed as skipped (weights
@@ -13,19 +14,18 @@ run is recorded and the rest go on.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback
-
 from captag.config import RunConfig
 from captag.data import LabelMap, load_split, read_records, resolve_image_dir
+from captag.errors import RunFolderError
 from captag.evaluation.speed import Timer, throughput
-from captag.models.registry import encoder_names
-from captag.models.text import canonical_name
-from captag.models.weights import WeightsNotFoundError, resolve
+from captag.files import read_json, write_json
+from captag.models.catalog import canonical_name, encoder_names
+from captag.models.weights import (WeightsNotFoundError, WeightsPlan, describe_sources,
+                                   plan_weights)
 from captag.runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -56,51 +56,26 @@ def encoders(cfg: RunConfig) -> dict[str, tuple[str, str | None]]:
     return found
 
 
-def has_offline_weights(encoder_name: str, weights: str | None = None) -> bool:
-    """True only if the encoder's weights come from an installed package or a local file."""
-    try:
-        return resolve(canonical_name(encoder_name), weights).kind in ("package", "file")
-    except WeightsNotFoundError:
-        return False
+def weight_plans(cfg: RunConfig) -> dict[str, WeightsPlan]:
+    """{"image"/"text": where that encoder's weights come from}, found without building it."""
+    return {role: plan_weights(name, weights) for role, (name, weights) in encoders(cfg).items()}
 
 
 def random_encoders(cfg: RunConfig) -> list[str]:
     """Roles ("image", "text") whose weights would have to come from the hub."""
-    return [role for role, (name, weights) in encoders(cfg).items()
-            if resolve(name, weights).kind == "hub"]
-
-
-def describe_weights(kinds: dict[str, str]) -> str:
-    """ "image:package text:package"; "none" when every encoder is randomly initialised."""
-    if all(kind == "none" for kind in kinds.values()):
-        return "none"
-    return " ".join(f"{role}:{kind}" for role, kind in kinds.items())
+    return [role for role, plan in weight_plans(cfg).items() if plan.kind == "hub"]
 
 
 def planned_weights(cfg: RunConfig) -> str:
-    """Where the weights would come from, without building the model (random ones as none)."""
-    random = random_encoders(cfg)
+    """Where the weights would come from offline, in `describe_sources`' format (hub ones as
+    none, a missing local file as missing)."""
     kinds = {}
     for role, (name, weights) in encoders(cfg).items():
         try:
-            kinds[role] = "none" if role in random else resolve(name, weights).kind
+            kinds[role] = plan_weights(name, weights).offline_kind
         except WeightsNotFoundError:
             kinds[role] = "missing"
-    return describe_weights(kinds)
-
-
-class ModelRecorder(Callback):
-    """Keeps the model that the trainer built, to read its encoders' weight sources."""
-
-    model = None
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self.model = pl_module.model
-
-
-def model_sources(model) -> dict[str, str]:
-    return {role: getattr(model, role).source.kind for role in ("image", "text")
-            if getattr(model, role) is not None}
+    return describe_sources(kinds)
 
 
 def _check_same_settings(run: RunFolder, cfg: RunConfig) -> None:
@@ -116,23 +91,15 @@ def _check_same_settings(run: RunFolder, cfg: RunConfig) -> None:
 
 def _train(cfg: RunConfig, run: RunFolder, progress: bool) -> dict:
     from captag.training.trainer import train
-    recorder = ModelRecorder()
-    summary = None
     if (run.checkpoints / "last.ckpt").exists():
         try:
-            summary = train(cfg, run.path, resume=True, callbacks=[recorder], progress=progress)
+            return train(cfg, run.path, resume=True, progress=progress)
         except Exception as error:
             log.warning("Could not resume %s (%s); training it again from the start.",
                         run.path, " ".join(str(error).split())[:200])
-    if summary is None:
-        if run.path.exists():
-            shutil.rmtree(run.path)  # an unfinished run: start it again
-        summary = train(cfg, run.path, callbacks=[recorder], progress=progress)
-    kinds = model_sources(recorder.model)
-    summary["weights"] = describe_weights(kinds)
-    summary["weights_sources"] = {role: getattr(recorder.model, role).source.describe()
-                                  for role in kinds}
-    return summary
+    if run.path.exists():
+        shutil.rmtree(run.path)  # an unfinished run: start it again
+    return train(cfg, run.path, progress=progress)
 
 
 def validation_records(run: RunFolder, cfg: RunConfig) -> list:
@@ -184,15 +151,22 @@ def run_one(cfg: RunConfig, out_dir: str | Path, name: str, group: str,
     run = RunFolder(Path(out_dir) / "runs" / name)
     if run.summary.exists():
         _check_same_settings(run, cfg)
-        summary = json.loads(run.summary.read_text())
+        summary = read_json(run.summary, RunFolderError)
     else:
         summary = _train(cfg, run, progress)
-    if "weights" not in summary:
-        summary["weights"] = planned_weights(cfg)
-    if "predict_samples_per_second" not in summary:
-        summary.update(measure_speed(run.path, predict_rows))
-    run.write_json(run.summary, summary)
-    return result_row(cfg, name, group, "ok", summary, run.path)
+    weights = summary.get("weights") or planned_weights(cfg)
+    return result_row(cfg, name, group, "ok", {**summary, **run_speed(run, predict_rows)},
+                      run.path, weights)
+
+
+def run_speed(run: RunFolder, predict_rows: int = 256) -> dict:
+    """The run's prediction speed from its speed.json, measured and written there once."""
+    path = run.path / "speed.json"
+    if path.exists():
+        return read_json(path, RunFolderError)
+    speed = measure_speed(run.path, predict_rows)
+    write_json(path, speed)
+    return speed
 
 
 def result_row(cfg: RunConfig, name: str, group: str, status: str, summary: dict | None = None,

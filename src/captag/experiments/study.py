@@ -14,16 +14,14 @@ from pathlib import Path
 from captag.config import RunConfig
 from captag.evaluation.size import BUDGET_MB
 from captag.experiments.grid import grid_points, one_at_a_time, parse_grid
-from captag.experiments.runner import (has_offline_weights, mode_of, run_many, run_row,
-                                       write_results)
-from captag.models.registry import (OFFLINE_IMAGE_MODELS, OFFLINE_TEXT_MODELS, SEED_IMAGE_MODELS,
-                                    SEED_TEXT_MODELS, encoder_names)
+from captag.experiments.runner import mode_of, run_many, run_row, write_results
+from captag.models import catalog
+from captag.models.weights import plan_weights
 
 log = logging.getLogger(__name__)
 
 SEED_GRID = "batch_size=16,32,64 lr=1e-5,1e-4,1e-3 epochs=2,3,4"
 SEED_BASE = {"batch_size": 16, "lr": 1e-4, "epochs": 3}
-SEED_FUSED = tuple(f"efficientnet_b{i}+tinybert" for i in range(4))
 
 
 def base_config(base_cfg: RunConfig | None, csv) -> RunConfig:
@@ -36,7 +34,7 @@ def run_name(cfg: RunConfig) -> str:
     """A folder name made of the model and the settings that studies vary."""
     model = cfg.model
     if model in ("fusion", "image-only", "text-only"):
-        image, text = encoder_names(model, cfg.image_encoder, cfg.text_encoder)
+        image, text = catalog.encoder_names(model, cfg.image_encoder, cfg.text_encoder)
         model = f"{model}-" + "+".join(n for n in (image, text) if n)
     return (f"{model.replace('/', '_')}-{mode_of(cfg)}-bs{cfg.batch_size}-lr{cfg.lr:g}"
             f"-hlr{cfg.head_lr:g}-ep{cfg.epochs}")
@@ -132,7 +130,7 @@ def ablate_configs(base: RunConfig, model: str) -> list:
     if "+" not in model:
         raise ValueError(f"ablate needs a fused model written IMAGE+TEXT, e.g. "
                          f"tf_efficientnet_lite0+all-MiniLM-L6-v2; got {model!r}.")
-    image, text = encoder_names(model, base.image_encoder, base.text_encoder)
+    image, text = catalog.encoder_names(model, base.image_encoder, base.text_encoder)
     return compare_configs(base, [image, text, model], group="ablation")
 
 
@@ -144,13 +142,13 @@ def ablate(csv, model: str, out, base_cfg: RunConfig | None = None, **options) -
 
 
 def zoo_models() -> list[str]:
-    """The comparison: offline zoo encoders alone and fused, then the seed's models."""
-    images = [name for name in OFFLINE_IMAGE_MODELS if has_offline_weights(name)]
-    texts = [name for name in OFFLINE_TEXT_MODELS
-             if name == "all-MiniLM-L6-v2" or has_offline_weights(name)]
-    fused = [f"{i}+{t}" for i in images for t in texts if has_offline_weights(t)]
-    return [*OFFLINE_IMAGE_MODELS, *texts, *fused, *SEED_IMAGE_MODELS, *SEED_TEXT_MODELS,
-            *SEED_FUSED]
+    """The comparison, from the catalog: the image encoders whose weights a package ships, the
+    text ones whose package is installed, the installed pairs fused, then the seed's models."""
+    images = catalog.names("image", offline=True)
+    texts = [name for name in catalog.names("text", offline=True) if plan_weights(name).offline]
+    fused = [f"{i}+{t}" for i in images for t in texts if plan_weights(i).offline]
+    return [*images, *texts, *fused, *catalog.names("image", seed=True),
+            *catalog.names("text", seed=True), *catalog.SEED_FUSED]
 
 
 def best_fused(rows: list[dict]) -> str | None:

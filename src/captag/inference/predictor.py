@@ -1,7 +1,9 @@
 """Inference from a run folder: label probabilities for records, through ONNX Runtime or PyTorch.
 
-The first use exports the run's model to `model.onnx` beside its weights; ONNX Runtime runs it
-about twice as fast as eager PyTorch on a CPU. On a GPU, or without onnxruntime, PyTorch runs it.
+The first prediction exports the run's model to `model.onnx` beside its weights (or, when the
+run folder is read-only, to the cache: CAPTAG_CACHE/onnx/<digest of model and config>.onnx);
+ONNX Runtime runs it about twice as fast as eager PyTorch on a CPU. On a GPU, or without
+onnxruntime, PyTorch runs it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from captag.config import cache_root
 from captag.data.dataset import CaptionedImages
 from captag.data.records import Record
 from captag.data.transforms import build_transform
+from captag.models import onnx
 from captag.models.fusion import FusionModel
 from captag.runs import RunFolder
 
@@ -44,50 +48,57 @@ def input_names(model: FusionModel) -> list[str]:
     return names + (["input_ids", "attention_mask"] if model.text is not None else [])
 
 
-def export_onnx(model: FusionModel, path: Path, image_size: int) -> None:
-    """Write the model as ONNX with dynamic batch and caption length."""
-    names = input_names(model)
+def example_inputs(model: FusionModel, image_size: int) -> list[torch.Tensor]:
+    """Inputs of the shapes `input_names` names, for tracing the model."""
     example = []
     if model.image is not None:
         example.append(torch.zeros(2, 3, image_size, image_size))
     if model.text is not None:
         example += [torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long)]
-    axes = {name: {0: "batch"} for name in names}
-    for name in ("input_ids", "attention_mask"):
-        if name in axes:
-            axes[name][1] = "tokens"
-    tmp = path.with_suffix(".tmp")
-    with torch.no_grad():
-        torch.onnx.export(_Exportable(model.eval()), tuple(example), str(tmp), input_names=names,
-                          output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
-                          dynamo=False)
-    tmp.replace(path)
+    return example
+
+
+def onnx_target(run: RunFolder) -> tuple[Path, bool]:
+    """Where the run's ONNX graph is (or goes), and whether it is there and up to date:
+    model.onnx in the run folder, or in the cache when the run folder is not writable."""
+    local = run.onnx
+    if local.exists() and local.stat().st_mtime >= run.model.stat().st_mtime:
+        return local, True
+    if run.is_writable():
+        return local, False
+    cached = cache_root() / "onnx" / f"{run.fingerprint()}.onnx"
+    return cached, cached.exists()
 
 
 class Predictor:
-    """Label probabilities from a run folder's model for any list of records."""
+    """Label probabilities from a run folder's model for any list of records.
+
+    Building one checks the whole run folder (RunFolderError naming a bad file) and loads the
+    model, its labels and threshold; nothing is exported or run until `predict_probs`."""
 
     def __init__(self, run_dir: str | Path, engine: str = "auto", device: str = "cpu"):
         self.run = RunFolder(run_dir)
         self.run.check()
         self.cfg = self.run.load_config()
+        self.labels = self.run.load_labels()
+        self.threshold = self.run.load_threshold()
         self.model = self.run.load_model().to(device)
         self.device = device
-        self.session = self._onnx_session() if engine in ("auto", "onnx") and device == "cpu" else None
-        self.engine = "onnxruntime" if self.session is not None else "torch"
+        use_onnx = engine in ("auto", "onnx") and device == "cpu" and onnx.available()
+        self.engine = "onnxruntime" if use_onnx else "torch"
+        self._session = None
 
     def _onnx_session(self):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return None
-        path = self.run.path / "model.onnx"
-        if not path.exists() or path.stat().st_mtime < self.run.model.stat().st_mtime:
-            log.info("Exporting %s to ONNX", self.run.model)
-            export_onnx(self.model, path, self.cfg.image_size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if self._session is None:
+            path, fresh = onnx_target(self.run)
+            if not fresh:
+                log.info("Exporting %s to %s", self.run.model, path)
+            names = input_names(self.model)
+            tokens = {name: {1: "tokens"} for name in ("input_ids", "attention_mask") if name in names}
+            self._session = onnx.exported_session(
+                _Exportable(self.model), example_inputs(self.model, self.cfg.image_size), path,
+                names, "logits", tokens, fresh=fresh)
+        return self._session
 
     def _loader(self, records, image_dir, batch_size: int, num_workers: int) -> DataLoader:
         image = self.model.image
@@ -105,14 +116,16 @@ class Predictor:
         return DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate)
 
     def _logits(self, batch: dict) -> np.ndarray:
-        if self.session is not None:
+        if self.engine == "onnxruntime":
             feeds = {name: batch[name].numpy() for name in input_names(self.model)}
-            return self.session.run(None, feeds)[0]
+            return self._onnx_session().run(None, feeds)[0]
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.model(**batch).float().cpu().numpy()
 
     def predict_probs(self, records: Sequence[Record], image_dir: str | Path | None,
                       batch_size: int = 32, num_workers: int = 1, progress: bool = True) -> np.ndarray:
+        if self.engine == "onnxruntime":
+            self._onnx_session()  # export (once) outside inference mode
         outputs = []
         with torch.inference_mode():
             for batch in tqdm(self._loader(records, image_dir, batch_size, num_workers),

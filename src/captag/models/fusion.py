@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from captag.config import RunConfig
 from captag.models.image import ImageEncoder
 from captag.models.text import TextEncoder
 
@@ -17,7 +18,7 @@ class FusionModel(nn.Module):
     """Multi-label classifier over an image encoder, a text encoder, or both."""
 
     def __init__(self, image: ImageEncoder | None, text: TextEncoder | None,
-                 num_labels: int = 18, dropout: float = 0.2):
+                 num_labels: int = 18, dropout: float = RunConfig.dropout):
         super().__init__()
         if image is None and text is None:
             raise ValueError("A model needs an image encoder, a text encoder, or both.")

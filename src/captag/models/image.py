@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from captag.models import weights as weights_lib
+from captag.models.catalog import canonical_name, find
 
 
 def _efficientnet_stages(model: nn.Module) -> list[nn.Module]:
@@ -70,36 +71,44 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
 
 
 class ImageEncoder(nn.Module):
-    """A timm backbone that maps images to a pooled feature vector."""
+    """A timm backbone that maps images to a pooled feature vector.
 
-    def __init__(self, name: str = "tf_efficientnet_lite0", weights: str | None = None):
+    `weights`: None (its package, else the hub), 'hub', 'none' (random, with a warning unless
+    `warn` is False: a model whose weights are loaded afterwards) or a local file."""
+
+    def __init__(self, name: str = "tf_efficientnet_lite0", weights: str | None = None, *,
+                 warn: bool = True):
         super().__init__()
-        self.name = name
-        self.source = weights_lib.resolve(name, weights)
-        backbone = self._build()
+        self.name = canonical_name(name)
+        self.source = weights_lib.plan_weights(self.name, weights)
+        backbone = self._build(warn)
         self.stages = nn.ModuleList(split_stages(backbone))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.feature_dim = backbone.num_features
-        cfg = backbone.pretrained_cfg
-        self.mean, self.std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
+        spec, cfg = find(self.name), backbone.pretrained_cfg
+        self.mean = spec.mean if spec and spec.mean else tuple(cfg.get("mean", (0.5,) * 3))
+        self.std = spec.std if spec and spec.std else tuple(cfg.get("std", (0.5,) * 3))
 
-    def _build(self) -> nn.Module:
-        kind, location = self.source.kind, self.source.location
-        if kind == "hub":
-            if weights_lib.hub_offline():
-                raise weights_lib.WeightsNotFoundError(weights_lib.missing_weights_message(
-                    self.name, RuntimeError("offline: HF_HUB_OFFLINE or CAPTAG_OFFLINE is set")))
-            try:
-                return timm.create_model(self.name, pretrained=True, num_classes=0)
-            except (OSError, RuntimeError) as error:  # no network, hub down, no such weights
-                raise weights_lib.WeightsNotFoundError(
-                    weights_lib.missing_weights_message(self.name, error)) from error
+    def _build(self, warn: bool) -> nn.Module:
+        plan = self.source
+        if plan.kind == "hub":
+            return self._from_hub()
         model = timm.create_model(self.name, pretrained=False, num_classes=0)
-        if kind == "none":
+        if plan.kind != "none":
+            load_state_in_order(model, _read_state(str(weights_lib.fetch(plan))))
+        elif warn:
             weights_lib.warn_random(self.name)
-        else:
-            load_state_in_order(model, _read_state(location))
         return model
+
+    def _from_hub(self) -> nn.Module:
+        if weights_lib.hub_offline():
+            raise weights_lib.WeightsNotFoundError(weights_lib.missing_weights_message(
+                self.source, RuntimeError("offline: HF_HUB_OFFLINE or CAPTAG_OFFLINE is set")))
+        try:
+            return timm.create_model(self.source.location, pretrained=True, num_classes=0)
+        except (OSError, RuntimeError) as error:  # no network, hub down, no such weights
+            raise weights_lib.WeightsNotFoundError(
+                weights_lib.missing_weights_message(self.source, error)) from error
 
     @property
     def num_stages(self) -> int:

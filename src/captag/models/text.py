@@ -6,71 +6,48 @@ Stage 0 is the embedding layer and stage i the i-th transformer layer, for BERT-
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from captag.models import weights as weights_lib
-
-ALIASES = {
-    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "tinybert": "huawei-noah/TinyBERT_General_4L_312D",
-    "all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
-}
+from captag.models.catalog import UNCASED_VOCAB, canonical_name, find
 
 
-def canonical_name(name: str) -> str:
-    return ALIASES.get(name, name)
-
-
-def _load_pretrained(name: str, source: weights_lib.WeightsSource):
-    location = source.location if source.kind in ("package", "file") else name
-    local_only = source.kind != "hub" or weights_lib.hub_offline()
+def _load_pretrained(plan: weights_lib.WeightsPlan):
+    location = str(weights_lib.fetch(plan)) if plan.offline else plan.location
+    local_only = plan.kind != "hub" or weights_lib.hub_offline()
     try:
         model = AutoModel.from_pretrained(location, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as error:
-        if source.kind == "hub":
+        if plan.kind == "hub":
             raise weights_lib.WeightsNotFoundError(
-                weights_lib.missing_weights_message(name, error)) from error
+                weights_lib.missing_weights_message(plan, error)) from error
         raise
     return model, tokenizer
 
 
-# Configs of the seed's text encoders, so that they build offline without weights.
-OFFLINE_CONFIGS = {
-    "bert-base-uncased": dict(model_type="bert"),
-    "huawei-noah/TinyBERT_General_4L_312D": dict(
-        model_type="bert", hidden_size=312, num_hidden_layers=4, num_attention_heads=12,
-        intermediate_size=1200),
-    "sentence-transformers/all-MiniLM-L6-v2": dict(
-        model_type="bert", hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-        intermediate_size=1536),
-    "sentence-transformers/all-mpnet-base-v2": dict(
-        model_type="mpnet", max_position_embeddings=514, layer_norm_eps=1e-5),
-}
-UNCASED_VOCAB_FROM = "sentence-transformers/all-MiniLM-L6-v2"  # ships bert-base-uncased's vocab
-
-
-def _load_random(name: str, location: str | None):
-    """An untrained model, with its config and tokenizer from a folder, a built-in config or the hub."""
+def _load_random(name: str):
+    """An untrained model: its config from the catalog (with BERT's uncased vocabulary), or
+    config and tokenizer from the hub or its local cache."""
     from transformers import AutoConfig, CONFIG_MAPPING
-    local_only = location is None and (name in OFFLINE_CONFIGS or weights_lib.hub_offline())
-    try:
-        config = AutoConfig.from_pretrained(location or name, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(location or name, local_files_only=local_only)
-    except (OSError, ValueError) as error:
-        if name not in OFFLINE_CONFIGS:
+    spec = find(name)
+    if spec is not None and spec.config:
+        settings = dict(spec.config)
+        config = CONFIG_MAPPING[settings.pop("model_type")](**settings)
+        vocab = weights_lib.plan_weights(UNCASED_VOCAB)
+        tokenizer = AutoTokenizer.from_pretrained(weights_lib.fetch(vocab))
+    else:
+        local_only = weights_lib.hub_offline()
+        try:
+            config = AutoConfig.from_pretrained(name, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+        except (OSError, ValueError) as error:
             raise weights_lib.WeightsNotFoundError(
                 f"Building {name!r} without weights still needs its config and tokenizer, which "
-                f"could not be found offline ({error}). Pass a local model folder with --weights "
+                f"could not be found ({error}). Pass a local model folder with --weights "
                 "(config.json and tokenizer files are enough).") from error
-        settings = dict(OFFLINE_CONFIGS[name])
-        config = CONFIG_MAPPING[settings.pop("model_type")](**settings)
-        tokenizer = AutoTokenizer.from_pretrained(weights_lib.packaged_path(UNCASED_VOCAB_FROM))
     weights_lib.warn_random(name)
     return AutoModel.from_config(config), tokenizer
 
@@ -86,16 +63,18 @@ class TextEncoder(nn.Module):
 
     def __init__(self, name: str = "all-MiniLM-L6-v2", weights: str | None = None,
                  max_length: int = 64, config_dir: str | None = None):
+        """`weights`: None (its package, else the hub), 'hub', 'none' (random, with a warning)
+        or a local model folder. With `config_dir` (a saved config and tokenizer) it builds the
+        architecture only, looking for no weights: they are loaded afterwards."""
         super().__init__()
         self.name = canonical_name(name)
-        self.source = weights_lib.resolve(self.name, weights)
-        if config_dir is not None:  # architecture only; the weights are loaded afterwards
+        self.source = weights_lib.plan_weights(self.name, "none" if config_dir else weights)
+        if config_dir is not None:
             model, tokenizer = _from_config_dir(config_dir)
         elif self.source.kind == "none":
-            packaged = weights_lib.packaged_path(self.name)
-            model, tokenizer = _load_random(self.name, str(packaged) if packaged else None)
+            model, tokenizer = _load_random(self.name)
         else:
-            model, tokenizer = _load_pretrained(self.name, self.source)
+            model, tokenizer = _load_pretrained(self.source)
         self.model = model
         self.tokenizer: PreTrainedTokenizerBase = tokenizer
         self.max_length = max_length

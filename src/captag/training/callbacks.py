@@ -16,7 +16,8 @@ COLUMNS = ["epoch", "train_loss", "val_loss", "val_f1_samples", "val_f1_micro", 
 
 
 class MetricsCSV(L.Callback):
-    """Writes one row per epoch to metrics.csv; its rows travel in checkpoints for resume."""
+    """Writes one row per epoch to metrics.csv, before the epoch's checkpoint is saved (after
+    validation, or at the epoch's end without one); its rows travel in checkpoints for resume."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -27,11 +28,18 @@ class MetricsCSV(L.Callback):
         self._started = time.perf_counter()
 
     def on_validation_end(self, trainer, module) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = module.val_metrics
+        if not trainer.sanity_checking:
+            self._record(trainer, module)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if not self.rows or self.rows[-1]["epoch"] != trainer.current_epoch + 1:
+            self._record(trainer, module)  # no validation this epoch
+
+    def _record(self, trainer, module) -> None:
+        metrics = module.val_metrics  # empty without a validation split
         row = {"epoch": trainer.current_epoch + 1, "train_loss": module.epoch_train_loss,
-               "val_loss": float(trainer.callback_metrics.get("val_loss", float("nan"))),
+               "val_loss": float(trainer.callback_metrics.get("val_loss", float("nan")))
+               if metrics else float("nan"),
                **{k: metrics.get(k, float("nan")) for k in COLUMNS[3:7]},
                "seconds": round(time.perf_counter() - self._started, 2)}
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]

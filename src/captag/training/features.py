@@ -64,19 +64,10 @@ class _ImageLower(nn.Module):
 
 def _onnx_runner(module: nn.Module, example: torch.Tensor, path: Path):
     """A function that runs `module` with ONNX Runtime, or None when that is not possible."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
+    from captag.models.onnx import exported_session
+    session = exported_session(module, (example,), path, ["x"])
+    if session is None:
         return None
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.onnx.export(module, (example,), str(tmp), input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
-        tmp.replace(path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
 
 

@@ -32,9 +32,8 @@ class CaptagModule(L.LightningModule):
         self.at_least_one = at_least_one
         self.schedule, self.warmup = schedule, warmup
         self.loss = nn.BCEWithLogitsLoss()
-        self._train_losses: list[float] = []
+        self.train_losses: list[float] = []  # this epoch's
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.epoch_train_loss = float("nan")
         self.val_metrics: dict[str, float] = {}
         self.strict_loading = False  # checkpoints hold the trained part only
 
@@ -48,14 +47,15 @@ class CaptagModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch), batch["target"])
-        self._train_losses.append(loss.detach().item())
+        self.train_losses.append(loss.detach().item())
         if batch_idx % self.trainer.log_every_n_steps == 0:  # self.log costs ~2 ms a call
             self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
     def on_train_epoch_start(self) -> None:
         self.model.train()  # Lightning keeps modes as found; frozen stages stay in eval mode
-        self._train_losses = []
+        self.train_losses = []
+        self.val_metrics = {}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch)
@@ -75,8 +75,10 @@ class CaptagModule(L.LightningModule):
         self.val_metrics = {f"val_{k}": float(v) for k, v in metrics.items() if k != "n_samples"}
         self.log_dict(self.val_metrics, prog_bar=False, sync_dist=False)
         self.log("val_f1", self.val_metrics["val_f1_samples"], prog_bar=True)
-        losses = self._train_losses
-        self.epoch_train_loss = float(np.mean(losses)) if losses else float("nan")
+
+    @property
+    def epoch_train_loss(self) -> float:
+        return float(np.mean(self.train_losses)) if self.train_losses else float("nan")
 
     def configure_optimizers(self):
         head = [p for p in self.model.head.parameters() if p.requires_grad]

@@ -1,13 +1,17 @@
 """`train`: one run from a CSV to a finished run folder, on Lightning.
 
-Steps: read and check the data, split it, build the model, fill the feature cache, fit with
-checkpoints, then tune the decision threshold on validation and save the best model.
+Steps: take the run folder's lock, read and check the data and images, split them, build the
+model, fill the feature cache, write config.yaml, fit with checkpoints, then tune the decision
+threshold on validation and save the best model. Without a validation split (val_fraction 0)
+the last epoch is kept and the threshold is 0.5.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,18 +22,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from captag.config import RunConfig
-from captag.errors import BadImagesError
-from captag.data import LabelMap, check_images, read_records, resolve_image_dir, split_ids
+from captag.data import LabelMap, read_records, resolve_image_dir, split_ids
+from captag.data.images import screen_images
+from captag.data.records import require_labels
 from captag.data.split import load_split, save_split
+from captag.errors import RunFolderError
 from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
                                        tune_threshold)
 from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
-from captag.models.registry import model_from_config
+from captag.models.registry import model_from_config, weights_summary
+from captag.runs import RunFolder
 from captag.training.cache import FeatureCache
 from captag.training.callbacks import MetricsCSV, RngState
 from captag.training.datamodule import CaptagDataModule
 from captag.training.module import CaptagModule
-from captag.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +44,13 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def screen_images(records, image_dir: Path, skip_bad: bool, run: RunFolder, progress: bool):
-    """Check every image before training; stop, or leave the bad ones out with --skip-bad."""
-    bad = check_images([r.image_id for r in records], image_dir, progress=progress)
-    if not bad:
-        return records
-    listing = "\n".join(f"  {b.image_id}: {b.reason}" for b in bad)
-    if not skip_bad:
-        raise BadImagesError(
-            f"{len(bad)} of {len(records)} images in {image_dir} cannot be used:\n{listing}\n"
-            "Fix or remove them, or pass --skip-bad to leave those rows out of the run.")
-    log.warning("Leaving out %d rows with bad images:\n%s", len(bad), listing)
-    if is_rank_zero():
-        run.write_json(run.bad_images, [{"image_id": b.image_id, "reason": b.reason} for b in bad])
-    skipped = {b.image_id for b in bad}
-    return [r for r in records if r.image_id not in skipped]
+def _screen(records, image_dir: Path, cfg: RunConfig, run: RunFolder, progress: bool):
+    """Records whose images decode; with skip_bad the others are left out and listed."""
+    kept, bad = screen_images(records, image_dir, skip_bad=cfg.skip_bad, progress=progress)
+    if bad and is_rank_zero():
+        run.write_json(run.bad_images, [{"image_id": b.image_id, "reason": b.reason}
+                                        for b in bad])
+    return kept
 
 
 def _split(records, cfg: RunConfig, run: RunFolder, resume: bool):
@@ -66,29 +64,34 @@ def _split(records, cfg: RunConfig, run: RunFolder, resume: bool):
     return [by_id[i] for i in train_ids if i in by_id], [by_id[i] for i in val_ids if i in by_id]
 
 
-def _prepare_folder(cfg: RunConfig, run: RunFolder, resume: bool) -> RunConfig:
+def _prepare_folder(cfg: RunConfig | None, run: RunFolder, resume: bool) -> RunConfig:
+    """The run's settings; a folder that holds a finished or resumable run is refused, one
+    left by a run that failed before its first checkpoint is reused."""
     if resume:
-        if not (run.checkpoints / "last.ckpt").exists():
-            raise FileNotFoundError(f"Cannot resume {run.path}: it has no checkpoints/last.ckpt.")
+        if not run.resumable():
+            raise RunFolderError(
+                f"Cannot resume {run.path}: it has no checkpoints/last.ckpt (the run stopped "
+                f"before its first epoch ended). Train it again with --out {run.path}.")
         return run.load_config()
-    if run.config.exists():
-        raise FileExistsError(f"{run.path} already holds a run. Pass --resume {run.path} to "
-                              "continue it, or choose another --out folder.")
+    if run.holds_run():
+        raise RunFolderError(f"{run.path} already holds a run. Pass --resume {run.path} to "
+                             "continue it, or choose another --out folder.")
     if not cfg.csv:
-        raise ValueError("No training data: pass --csv PATH (or csv: in the config file).")
-    run.path.mkdir(parents=True, exist_ok=True)
+        raise RunFolderError("No training data: pass --csv PATH (or csv: in the config file).")
     if is_rank_zero():
-        cfg.save(run.config)
+        run.clear()
     return cfg
 
 
-def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool) -> L.Trainer:
-    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_f1_samples",
-                           mode="max", save_last=True, enable_version_counter=False)
+def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate: bool):
+    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best",
+                           monitor="val_f1_samples" if validate else None, mode="max",
+                           save_last=True, enable_version_counter=False)
     extra = [TQDMProgressBar(refresh_rate=10)] if progress else []
     return L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
         precision=cfg.precision, deterministic=False, num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validate else 0,
         callbacks=[best, MetricsCSV(run.metrics), RngState(), *extra, *callbacks],
         logger=CSVLogger(run.path, name="logs", version=""), log_every_n_steps=20,
         enable_progress_bar=progress, enable_model_summary=False)
@@ -104,37 +107,44 @@ def validation_probs(module: CaptagModule, loader) -> tuple[np.ndarray, np.ndarr
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
-def train(cfg: RunConfig, out: str | Path, resume: bool = False, callbacks=(),
+def train(cfg: RunConfig | None, out: str | Path, resume: bool = False, callbacks=(),
           progress: bool = True) -> dict:
-    """Train one model into the run folder `out` and return its summary."""
-    started = time.perf_counter()
+    """Train one model into the run folder `out` and return its summary (empty on ranks other
+    than 0). With `resume`, continue the run in `out` with its own settings."""
     run = RunFolder(out)
+    with run.lock() if is_rank_zero() else contextlib.nullcontext():
+        return _train(cfg, run, resume, list(callbacks), progress)
+
+
+def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -> dict:
+    started = time.perf_counter()
     cfg = _prepare_folder(cfg, run, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     labels = LabelMap.default()
     records = read_records(cfg.csv, labels.ids)
-    if any(r.labels is None for r in records):
-        raise ValueError(f"{cfg.csv} has no Labels column: training needs labelled rows.")
+    require_labels(records, cfg.csv, "training")
     model = model_from_config(cfg, num_labels=len(labels))
     image_dir = resolve_image_dir(cfg.csv, cfg.images) if model.image else Path(".")
     if model.image is not None:
-        records = screen_images(records, image_dir, cfg.skip_bad, run, progress)
+        records = _screen(records, image_dir, cfg, run, progress)
     train_records, val_records = _split(records, cfg, run, resume)
-    if is_rank_zero():
-        labels.save(run.labels)
     data = CaptagDataModule(
         cfg, model, train_records, val_records, labels.encode_many([r.labels for r in train_records]),
         labels.encode_many([r.labels for r in val_records]), image_dir,
         FeatureCache(cfg.cache_dir), progress=progress)
     data.setup("fit")
+    if is_rank_zero():  # written once training really starts
+        labels.save(run.labels)
+        cfg.save(run.config)
     features_seconds = time.perf_counter() - started
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # same run, warm cache or cold
     module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one,
                           cfg.schedule, cfg.warmup)
-    trainer = _trainer(cfg, run, list(callbacks), progress)
+    trainer = _trainer(cfg, run, callbacks, progress, validate=bool(val_records))
     fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=data,
-                ckpt_path=str(run.checkpoints / "last.ckpt") if resume else None)
+    with contextlib.redirect_stdout(sys.stderr):  # Lightning's bars write to stdout
+        trainer.fit(module, datamodule=data,
+                    ckpt_path=str(run.checkpoints / "last.ckpt") if resume else None)
     fit_seconds = time.perf_counter() - fit_started
     if not trainer.is_global_zero:
         return {}
@@ -148,20 +158,21 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     module.cpu()
-    probs, targets = validation_probs(module, data.val_dataloader())
-    threshold, tuned_f1 = tune_threshold(targets, probs, at_least_one=cfg.at_least_one)
-    at_half = compute_metrics(targets, probs, 0.5, cfg.at_least_one)
-    tuned = compute_metrics(targets, probs, threshold, cfg.at_least_one)
-    save_thresholds(run.thresholds, threshold, tuned_f1, at_half["f1_samples"])
+    scores = _validation_scores(cfg, data, module, labels) if data.records["val"] else {}
+    threshold = scores.get("threshold", 0.5)
+    save_thresholds(run.thresholds, threshold, scores.get("tuned_f1"),
+                    scores.get("val_at_0.5", {}).get("f1_samples"),
+                    source="validation" if scores else None)
     run.save_model(module.model)
     size_mb = parameter_mb(module.model)
     summary = {
         "model": cfg.model, "best_checkpoint": Path(best_path).name,
         "best_epoch": int(checkpoint["epoch"]) + 1,
         "threshold": threshold,
-        "val": {k: float(v) for k, v in tuned.items()},
-        "val_at_0.5": {k: float(v) for k, v in at_half.items()},
-        "val_per_class": per_class_report(targets, probs, threshold, labels.ids, labels.names),
+        "val": scores.get("val", {}),
+        "val_at_0.5": scores.get("val_at_0.5", {}),
+        "val_per_class": scores.get("val_per_class", []),
+        **weights_summary(module.model),
         "parameters": parameter_count(module.model), "parameter_mb_fp32": round(size_mb, 2),
         "model_file_mb": round(file_mb(run.model), 2),
         "checkpoint_mb": round(file_mb(best_path), 2),
@@ -171,3 +182,13 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
     summary["within_budget"] = check_budget(summary["model_file_mb"])
     run.write_json(run.summary, summary)
     return summary
+
+
+def _validation_scores(cfg, data, module: CaptagModule, labels) -> dict:
+    """Scores of the loaded model on the validation split, with the tuned threshold."""
+    probs, targets = validation_probs(module, data.val_dataloader())
+    threshold, tuned_f1 = tune_threshold(targets, probs, at_least_one=cfg.at_least_one)
+    return {"threshold": threshold, "tuned_f1": tuned_f1,
+            "val": compute_metrics(targets, probs, threshold, cfg.at_least_one),
+            "val_at_0.5": compute_metrics(targets, probs, 0.5, cfg.at_least_one),
+            "val_per_class": per_class_report(targets, probs, threshold, labels.ids, labels.names)}

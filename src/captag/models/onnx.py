@@ -1,0 +1,77 @@
+"""ONNX export and ONNX Runtime sessions, for the feature cache and for inference.
+
+An export goes to a unique temporary file beside its target and is renamed into place, so
+processes exporting the same graph at once never read, or rename, each other's half-written
+file. Tracer and exporter warnings are silenced: they concern the graph, not the user.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def available() -> bool:
+    """Whether ONNX Runtime is installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
+           input_names: Sequence[str], output_name: str = "y",
+           dynamic_axes: dict | None = None) -> None:
+    """Write `module` (in eval mode) as ONNX to `path`, atomically. Every input and the output
+    have a dynamic first axis (batch); `dynamic_axes` adds others, e.g. {"ids": {1: "tokens"}}."""
+    axes = {name: {0: "batch"} for name in [*input_names, output_name]}
+    for name, more in (dynamic_axes or {}).items():
+        axes[name] = {**axes.get(name, {}), **more}
+    with _replaced(Path(path)) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(example), tmp, input_names=list(input_names),
+                          output_names=[output_name], dynamic_axes=axes, dynamo=False)
+
+
+def session(path: Path):
+    """An ONNX Runtime CPU session of the graph in `path`, using torch's thread count."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def exported_session(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
+                     input_names: Sequence[str], output_name: str = "y",
+                     dynamic_axes: dict | None = None, fresh: bool | None = None):
+    """A session of `module`, exported to `path` first unless it is there and `fresh` (default:
+    it exists); None without ONNX Runtime."""
+    if not available():
+        return None
+    if not (path.exists() if fresh is None else fresh):
+        export(module, example, path, input_names, output_name, dynamic_axes)
+    return session(path)
+
+
+@contextmanager
+def _replaced(path: Path):
+    """A unique temporary name beside `path`, moved onto `path` if the block succeeds and
+    removed if it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
