@@ -136,7 +136,7 @@ def screen_images(records: Sequence, image_dir: str | Path, skip_bad: bool = Fal
     listing = bad_listing(bad)
     if not skip_bad:
         raise BadImagesError(f"{len(bad)} of {len(records)} images in {image_dir} cannot be used:\n{listing}\n"
-                             "Fix or remove them, or pass the right folder with --images DIR"
+                             "Fix or remove them, pass the right folder with --images DIR"
                              + (", or pass --skip-bad to leave those rows out." if can_skip else "."))
     log.warning("Leaving out %d rows with bad images in %s:\n%s", len(bad), image_dir, listing)
     skipped = {b.image_id for b in bad}

@@ -96,12 +96,12 @@ class Collate:
         elif "image" in columns:
             batch["image"] = columns["image"].float()
         if "text_states" in columns:
-            states = columns["text_states"].float()
+            states = columns["text_states"]
             if "attention_mask" in columns:
                 mask = columns["attention_mask"].long()
                 length = int(mask.sum(1).max())
                 batch["attention_mask"], states = mask[:, :length], states[:, :length]
-            batch["text_states"] = states
+            batch["text_states"] = states.float()
         elif self.tokenizer is not None:
             batch.update(self.tokenizer(columns["caption"]))
         return batch
