@@ -158,17 +158,15 @@ def test_whole_encoders_train_from_augmented_pixels(tmp_path, cache_dir):
 
 def test_cached_features_give_the_same_batches_whole_or_item_by_item():
     import torch
-    from captag.data.dataset import CachedFeatures
-    from captag.training.datamodule import Collate, Joined, stack_items
+    from captag.data.dataset import CachedFeatures, Collate
+    from captag.training.datamodule import Joined
 
-    class Model:
-        text = None
     lengths = torch.tensor([1, 2, 3, 4, 5, 6, 1, 2, 3, 4])
     tensors = {"image_features": torch.randn(10, 4, 2, 2, dtype=torch.float16),
                "text_states": torch.randn(10, 6, 3),
                "attention_mask": (torch.arange(6) < lengths[:, None]).to(torch.uint8)}
     data = Joined(CachedFeatures(tensors, targets=torch.eye(10)[:, :3].numpy()))
-    collate = Collate(Model())
+    collate = Collate()
     indices = [7, 2, 3]  # 2, 3 and 4 tokens: padding trimmed to 4
     whole = collate(data.__getitems__(indices))
     one_by_one = collate([data[i] for i in indices])
@@ -180,16 +178,14 @@ def test_cached_features_give_the_same_batches_whole_or_item_by_item():
 
 def test_feature_flip_mirrors_cached_maps_of_training_batches_only():
     import torch
-    from captag.training.datamodule import Collate
+    from captag.data.dataset import Collate
 
-    class Model:
-        text = None
     maps = torch.randn(4, 3, 2, 5)
     cached = {"index": list(range(4)), "image_features": maps.clone(), "target": torch.zeros(4, 18)}
     pixels = {"index": list(range(4)), "image": maps.clone(), "target": torch.zeros(4, 18)}
-    assert torch.equal(Collate(Model(), flip=1.0)(dict(cached))["image_features"], maps.flip(-1))
-    assert torch.equal(Collate(Model(), flip=0.0)(dict(cached))["image_features"], maps)
-    assert torch.equal(Collate(Model(), flip=1.0)(dict(pixels))["image"], maps)
+    assert torch.equal(Collate(flip=1.0)(dict(cached))["image_features"], maps.flip(-1))
+    assert torch.equal(Collate(flip=0.0)(dict(cached))["image_features"], maps)
+    assert torch.equal(Collate(flip=1.0)(dict(pixels))["image"], maps)
 
 
 def _small_train_args(tmp_path, cache_dir, rows=60, out="run"):

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from captag.errors import CaptagError
@@ -36,11 +37,19 @@ def write_json(path: str | Path, data) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
+    with replaced(Path(path)) as tmp:
+        Path(tmp).write_text(text)
+
+
+@contextmanager
+def replaced(path: Path):
+    """A unique temporary name beside `path`, moved onto `path` if the block succeeds and
+    removed if it fails: readers and concurrent writers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:

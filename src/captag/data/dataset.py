@@ -1,4 +1,5 @@
-"""Datasets: records with their images and captions, or cached encoder activations."""
+"""Datasets: records with their images and captions, or cached encoder activations, and the
+collate function that turns their items into model batches."""
 
 from __future__ import annotations
 
@@ -65,3 +66,52 @@ class CachedFeatures(Dataset):
         if self.targets is not None:
             columns["target"] = self.targets[index]
         return columns
+
+
+def stack_items(items: list[dict]) -> dict:
+    """Items to columns: tensors stacked, other values listed."""
+    columns = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        columns[key] = torch.stack(values) if isinstance(first, torch.Tensor) else values
+    return columns
+
+
+class Collate:
+    """Stacks items into a model batch; tokenises raw captions (with `tokenize`, a text
+    encoder's), trims cached token padding, and mirrors cached image maps with probability `flip`.
+
+    Batch keys: `image` (pixels) or `image_features` (cached frozen image stages), `input_ids`
+    or `text_states` (cached frozen text stages) with `attention_mask`, `target` and `index`.
+    """
+
+    def __init__(self, tokenize: Callable[[list[str]], dict] | None = None, flip: float = 0.0):
+        self.tokenizer = tokenize
+        self.flip = flip
+
+    def __call__(self, items: list[dict] | dict) -> dict:
+        columns = items if isinstance(items, dict) else stack_items(items)
+        batch = {"index": torch.as_tensor(columns["index"])}
+        if "target" in columns:
+            batch["target"] = columns["target"]
+        if "image_features" in columns:
+            batch["image_features"] = self._flipped(columns["image_features"].float())
+        elif "image" in columns:
+            batch["image"] = columns["image"].float()
+        if "text_states" in columns:
+            states = columns["text_states"]
+            if "attention_mask" in columns:
+                mask = columns["attention_mask"].long()
+                length = int(mask.sum(1).max())
+                batch["attention_mask"], states = mask[:, :length], states[:, :length]
+            batch["text_states"] = states.float()
+        elif self.tokenizer is not None:
+            batch.update(self.tokenizer(columns["caption"]))
+        return batch
+
+    def _flipped(self, maps: torch.Tensor) -> torch.Tensor:
+        """Feature maps mirrored at random (probability `flip`); pooled vectors as they are."""
+        if not self.flip or maps.dim() != 4:
+            return maps
+        flipped = (torch.rand(len(maps)) < self.flip).view(-1, 1, 1, 1)
+        return torch.where(flipped, maps.flip(-1), maps)

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captag.config import cache_root
-from captag.data.dataset import CaptionedImages
+from captag.data.dataset import CaptionedImages, Collate
 from captag.data.records import Record
 from captag.data.transforms import build_transform
 from captag.models import onnx
-from captag.models.fusion import FusionModel
+from captag.models.fusion import FusionModel, model_inputs, probabilities
 from captag.runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -101,35 +101,24 @@ class Predictor:
         return self._session
 
     def _loader(self, records, image_dir, batch_size: int, num_workers: int) -> DataLoader:
-        image = self.model.image
+        image, text = self.model.image, self.model.text
         transform = (build_transform(self.cfg.image_size, image.mean, image.std, train=False)
                      if image is not None else None)
         data = CaptionedImages(records, image_dir or ".", transform, with_images=image is not None)
-        tokenize = self.model.text.tokenize if self.model.text is not None else None
-
-        def collate(items):
-            batch = {"image": torch.stack([i["image"] for i in items])} if image is not None else {}
-            if tokenize is not None:
-                batch.update(tokenize([i["caption"] for i in items]))
-            return batch
         workers = num_workers if image is not None else 0
-        return DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+        return DataLoader(data, batch_size=batch_size, num_workers=workers,
+                          collate_fn=Collate(text.tokenize if text is not None else None))
 
-    def _logits(self, batch: dict) -> np.ndarray:
+    def _logits(self, batch: dict):
         if self.engine == "onnxruntime":
             feeds = {name: batch[name].numpy() for name in input_names(self.model)}
             return self._onnx_session().run(None, feeds)[0]
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        return self.model(**batch).float().cpu().numpy()
+        return self.model(**{k: v.to(self.device) for k, v in model_inputs(batch).items()}).cpu()
 
     def predict_probs(self, records: Sequence[Record], image_dir: str | Path | None,
                       batch_size: int = 32, num_workers: int = 1, progress: bool = True) -> np.ndarray:
         if self.engine == "onnxruntime":
             self._onnx_session()  # export (once) outside inference mode
-        outputs = []
-        with torch.inference_mode():
-            for batch in tqdm(self._loader(records, image_dir, batch_size, num_workers),
-                              desc="predict", disable=not progress):
-                outputs.append(self._logits(batch))
-        logits = np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
-        return 1.0 / (1.0 + np.exp(-logits))
+        batches = tqdm(self._loader(records, image_dir, batch_size, num_workers),
+                       desc="predict", disable=not progress)
+        return probabilities(self._logits, batches)

@@ -6,6 +6,7 @@ With one encoder left out it is the image-only or text-only variant of the same 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -91,3 +92,21 @@ def encoder_stages(encoder) -> list[nn.Module]:
     if encoder.layers is None:
         return [encoder.model]
     return [encoder.model.embeddings, *encoder.layers]
+
+
+MODEL_INPUTS = ("image", "image_features", "input_ids", "text_states", "attention_mask")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The entries of a batch that FusionModel.forward takes (not targets or indices)."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
+
+def probabilities(logits_of, batches) -> np.ndarray:
+    """Sigmoid probabilities [rows, labels] of `logits_of(batch)` (a tensor or an array) over
+    the batches, without gradients."""
+    outputs = []
+    with torch.inference_mode():
+        for batch in batches:
+            outputs.append(torch.sigmoid(torch.as_tensor(logits_of(batch)).float()))
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), dtype=np.float32)

@@ -7,15 +7,14 @@ file. Tracer and exporter warnings are silenced: they concern the graph, not the
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from captag.files import replaced
 
 
 def available() -> bool:
@@ -35,7 +34,7 @@ def export(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
     axes = {name: {0: "batch"} for name in [*input_names, output_name]}
     for name, more in (dynamic_axes or {}).items():
         axes[name] = {**axes.get(name, {}), **more}
-    with _replaced(Path(path)) as tmp, warnings.catch_warnings(), torch.no_grad():
+    with replaced(Path(path)) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, tuple(example), tmp, input_names=list(input_names),
                           output_names=[output_name], dynamic_axes=axes, dynamo=False)
@@ -59,19 +58,3 @@ def exported_session(module: nn.Module, example: Sequence[torch.Tensor], path: P
     if not (path.exists() if fresh is None else fresh):
         export(module, example, path, input_names, output_name, dynamic_axes)
     return session(path)
-
-
-@contextmanager
-def _replaced(path: Path):
-    """A unique temporary name beside `path`, moved onto `path` if the block succeeds and
-    removed if it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

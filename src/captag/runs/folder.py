@@ -32,7 +32,7 @@ from captag.data.labels import LabelMap
 from captag.data.split import load_split
 from captag.errors import CaptagError, ConfigError, DataNotFoundError, OutputError, RunFolderError
 from captag.evaluation.metrics import load_thresholds
-from captag.files import read_json, write_json
+from captag.files import read_json, replaced, write_json
 from captag.models.catalog import check_model
 from captag.models.fusion import FusionModel
 from captag.models.registry import model_from_config
@@ -232,7 +232,8 @@ class RunFolder:
     def save_model(self, model: FusionModel) -> None:
         state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach()
                  for k, v in model.state_dict().items()}
-        save_file({k: v.contiguous() for k, v in state.items()}, self.model)
+        with replaced(self.model) as tmp:
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp)
         if model.text is not None:
             model.text.save_config(str(self.text_encoder))
 

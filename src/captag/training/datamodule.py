@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from captag.data.dataset import CachedFeatures, CaptionedImages
+from captag.data.dataset import CachedFeatures, CaptionedImages, Collate
 from captag.data.records import Record
 from captag.data.transforms import build_transform
 from captag.models.fusion import FusionModel
@@ -64,54 +64,6 @@ class Joined(Dataset):
         for part in self.parts:
             columns.update(part.columns(indices))
         return columns
-
-
-def stack_items(items: list[dict]) -> dict:
-    """Items to columns: tensors stacked, other values listed."""
-    columns = {}
-    for key, first in items[0].items():
-        values = [item[key] for item in items]
-        columns[key] = torch.stack(values) if isinstance(first, torch.Tensor) else values
-    return columns
-
-
-class Collate:
-    """Stacks items into a model batch; tokenises raw captions, trims cached token padding.
-
-    Batch keys: `image` (pixels) or `image_features` (cached frozen image stages), `input_ids`
-    or `text_states` (cached frozen text stages) with `attention_mask`, `target` and `index`.
-    """
-
-    def __init__(self, model: FusionModel, flip: float = 0.0):
-        self.tokenizer = model.text.tokenize if model.text is not None else None
-        self.flip = flip
-
-    def __call__(self, items: list[dict] | dict) -> dict:
-        columns = items if isinstance(items, dict) else stack_items(items)
-        batch = {"index": torch.as_tensor(columns["index"])}
-        if "target" in columns:
-            batch["target"] = columns["target"]
-        if "image_features" in columns:
-            batch["image_features"] = self._flipped(columns["image_features"].float())
-        elif "image" in columns:
-            batch["image"] = columns["image"].float()
-        if "text_states" in columns:
-            states = columns["text_states"]
-            if "attention_mask" in columns:
-                mask = columns["attention_mask"].long()
-                length = int(mask.sum(1).max())
-                batch["attention_mask"], states = mask[:, :length], states[:, :length]
-            batch["text_states"] = states.float()
-        elif self.tokenizer is not None:
-            batch.update(self.tokenizer(columns["caption"]))
-        return batch
-
-    def _flipped(self, maps: torch.Tensor) -> torch.Tensor:
-        """Feature maps mirrored at random (probability `flip`); pooled vectors as they are."""
-        if not self.flip or maps.dim() != 4:
-            return maps
-        flipped = (torch.rand(len(maps)) < self.flip).view(-1, 1, 1, 1)
-        return torch.where(flipped, maps.flip(-1), maps)
 
 
 class CaptagDataModule(L.LightningDataModule):
@@ -170,7 +122,10 @@ class CaptagDataModule(L.LightningDataModule):
         flip = self.cfg.feature_flip if shuffle else 0.0
         return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
                           num_workers=workers, persistent_workers=False,
-                          collate_fn=Collate(self.model, flip))
+                          collate_fn=Collate(self._tokenize(), flip))
+
+    def _tokenize(self):
+        return self.model.text.tokenize if self.model.text is not None else None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -10,14 +10,7 @@ import torch
 from torch import nn
 
 from captag.evaluation.metrics import compute_metrics
-from captag.models.fusion import FusionModel
-
-
-MODEL_INPUTS = ("image", "image_features", "input_ids", "text_states", "attention_mask")
-
-
-def model_inputs(batch: dict) -> dict:
-    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+from captag.models.fusion import FusionModel, model_inputs
 
 
 class CaptagModule(L.LightningModule):

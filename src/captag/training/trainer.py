@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -30,6 +29,7 @@ from captag.errors import RunFolderError
 from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
                                        tune_threshold)
 from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
+from captag.models.fusion import probabilities
 from captag.models.registry import model_from_config, weights_summary
 from captag.runs import RunFolder
 from captag.training.cache import FeatureCache
@@ -95,16 +95,6 @@ def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate
         callbacks=[best, MetricsCSV(run.metrics), RngState(), *extra, *callbacks],
         logger=CSVLogger(run.path, name="logs", version=""), log_every_n_steps=20,
         enable_progress_bar=progress, enable_model_summary=False)
-
-
-def validation_probs(module: CaptagModule, loader) -> tuple[np.ndarray, np.ndarray]:
-    module.eval()
-    probs, targets = [], []
-    with torch.inference_mode():
-        for batch in loader:
-            probs.append(torch.sigmoid(module(batch)).float())
-            targets.append(batch["target"])
-    return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
 def train(cfg: RunConfig | None, out: str | Path, resume: bool = False, callbacks=(),
@@ -186,7 +176,8 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
 
 def _validation_scores(cfg, data, module: CaptagModule, labels) -> dict:
     """Scores of the loaded model on the validation split, with the tuned threshold."""
-    probs, targets = validation_probs(module, data.val_dataloader())
+    probs = probabilities(module.eval(), data.val_dataloader())
+    targets = data.targets["val"]
     threshold, tuned_f1 = tune_threshold(targets, probs, at_least_one=cfg.at_least_one)
     return {"threshold": threshold, "tuned_f1": tuned_f1,
             "val": compute_metrics(targets, probs, threshold, cfg.at_least_one),
