@@ -38,6 +38,10 @@ class WeightsNotFoundError(CaptagError, FileNotFoundError):
     """No pretrained weights could be found for an encoder."""
 
 
+class InputError(CaptagError, ValueError):
+    """Arguments of the Python API have the wrong form (e.g. fewer captions than images)."""
+
+
 class RunFolderError(CaptagError, ValueError):
     """A run folder is missing, incomplete, corrupt, in use, or already holds another run."""
 

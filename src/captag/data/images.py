@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,24 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         return _to_rgb(image)
+
+
+def open_image(source, name: str = "image") -> Image.Image:
+    """An RGB image from a path, the bytes of an image file, or a PIL image; BadImagesError
+    (naming `name`) when it cannot be read."""
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif not isinstance(source, (str, os.PathLike)):
+        raise BadImagesError(f"{name}: expected a path, bytes or a PIL image, got "
+                             f"{type(source).__name__}.")
+    try:
+        with Image.open(source) as image:
+            image.load()
+            return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadImagesError(f"{name}: cannot be read as an image ({error}).") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

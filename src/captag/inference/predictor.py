@@ -20,8 +20,11 @@ from tqdm.auto import tqdm
 
 from captag.config import cache_root
 from captag.data.dataset import CaptionedImages, Collate
+from captag.data.images import open_image
 from captag.data.records import Record
 from captag.data.transforms import build_transform
+from captag.errors import InputError
+from captag.evaluation.metrics import predict_labels
 from captag.models import onnx
 from captag.models.fusion import FusionModel, model_inputs, probabilities
 from captag.runs import RunFolder
@@ -76,6 +79,11 @@ class Predictor:
     Building one checks the whole run folder (RunFolderError naming a bad file) and loads the
     model, its labels and threshold; nothing is exported or run until `predict_probs`."""
 
+    @classmethod
+    def load(cls, path: str | Path, engine: str = "auto", device: str = "cpu") -> "Predictor":
+        """The predictor of a run folder (checked whole first)."""
+        return cls(path, engine, device)
+
     def __init__(self, run_dir: str | Path, engine: str = "auto", device: str = "cpu"):
         self.run = RunFolder(run_dir)
         self.run.check()
@@ -122,3 +130,59 @@ class Predictor:
         batches = tqdm(self._loader(records, image_dir, batch_size, num_workers),
                        desc="predict", disable=not progress)
         return probabilities(self._logits, batches)
+
+    def predict(self, images=None, captions=None, batch_size: int = 32):
+        """Labels and probabilities for one image and its caption, or for lists of them.
+
+        An image is a path, the bytes of an image file, or a PIL image; a caption is a string.
+        A model without an image (or text) encoder needs no images (or captions). One pair gives
+        one result, lists give a list of results, each {"labels": [{"id", "name"}],
+        "probabilities": {name: p}, "threshold": t}."""
+        single = (isinstance(captions, str) if captions is not None
+                  else not isinstance(images, (list, tuple)))
+        images, captions = self._inputs(images, captions)
+        probs = np.concatenate([self._batch_probs(images[i:i + batch_size],
+                                                  captions[i:i + batch_size])
+                                for i in range(0, len(captions), batch_size)])
+        chosen = predict_labels(probs, self.threshold, self.cfg.at_least_one)
+        results = [self._result(p, c) for p, c in zip(probs, chosen)]
+        return results[0] if single else results
+
+    def _inputs(self, images, captions) -> tuple[list, list[str]]:
+        images = images if isinstance(images, (list, tuple)) or images is None else [images]
+        captions = [captions] if isinstance(captions, str) else captions
+        n = len(images) if images is not None else len(captions or [])
+        if self.model.image is not None and (images is None or not images):
+            raise InputError("This model reads images: pass images (paths, bytes or PIL images).")
+        if self.model.text is not None and captions is None:
+            raise InputError("This model reads captions: pass captions (strings).")
+        captions = captions if captions is not None else [""] * n
+        if images is not None and len(images) != len(captions):
+            raise InputError(f"Got {len(images)} images but {len(captions)} captions: "
+                             "pass one caption per image.")
+        bad = [i for i, c in enumerate(captions) if not isinstance(c, str)
+               or (self.model.text is not None and not c.strip())]
+        if bad:
+            raise InputError(f"Caption {bad[0]} is empty or not a string: give every image a "
+                             "caption.")
+        return images or [None] * n, captions
+
+    def _batch_probs(self, images: list, captions: list[str]) -> np.ndarray:
+        batch = {}
+        if self.model.image is not None:
+            image = self.model.image
+            transform = build_transform(self.cfg.image_size, image.mean, image.std, train=False)
+            batch["image"] = torch.stack([transform(open_image(source, f"image {i}"))
+                                          for i, source in enumerate(images)])
+        if self.model.text is not None:
+            batch.update(self.model.text.tokenize(captions))
+        if self.engine == "onnxruntime":
+            self._onnx_session()
+        return probabilities(self._logits, [batch])
+
+    def _result(self, probs: np.ndarray, chosen: np.ndarray) -> dict:
+        labels = self.labels
+        return {"labels": [{"id": labels.ids[j], "name": labels.names[j]}
+                           for j in np.flatnonzero(chosen)],
+                "probabilities": {name: float(p) for name, p in zip(labels.names, probs)},
+                "threshold": self.threshold}
