@@ -226,3 +226,10 @@ def test_a_model_over_the_budget_is_listed_with_its_size_not_trained(tmp_path, b
     assert row["model_file_mb"] == pytest.approx(49.9, abs=0.1) and row["within_budget"] is True
     assert row["weights"] == "package" and row["f1_samples"] == ""
     assert not (tmp_path / "runs").exists()
+
+
+def test_sweeping_a_setting_outside_the_run_name_gives_distinct_runs(tmp_path):
+    from captag.experiments.study import sweep_configs
+    named = sweep_configs(RunConfig(), FUSED, [{"csra": 0.0}, {"csra": 0.1}, {"schedule": "cosine"}])
+    names = [name for name, _, _ in named]
+    assert len(set(names)) == 3 and names[1].endswith("-csra0.1") and names[2].endswith("-schedulecosine")

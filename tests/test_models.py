@@ -229,3 +229,35 @@ def test_freeze_trains_only_the_top_stages():
 def test_fusion_needs_an_encoder():
     with pytest.raises(ValueError):
         FusionModel(None, None)
+
+
+def test_csra_head_attends_over_the_image_map_and_needs_one():
+    import torch
+    from captag.errors import ConfigError
+    from captag.models.registry import create_model
+    torch.manual_seed(0)
+    plain = create_model("image-only", image_weights="none")
+    attended = create_model("image-only", image_weights="none", csra=0.5, csra_temperature=0)
+    attended.load_state_dict(plain.state_dict())  # CSRA adds no parameters
+    plain.eval(), attended.eval()
+    images = torch.randn(2, 3, 64, 64)
+    maps = plain.image.feature_map(images)
+    weight = plain.head[-1].weight
+    scores = torch.einsum("bdk,cd->bck", torch.relu(maps).flatten(2), weight)
+    with torch.no_grad():
+        expected = plain(image=images) + 0.5 * scores.amax(-1)
+        assert torch.allclose(attended(image=images), expected, atol=1e-5)
+    soft = create_model("image-only", image_weights="none", csra=0.5, csra_temperature=1.0)
+    soft.load_state_dict(plain.state_dict())
+    soft.eval()
+    with torch.no_grad():
+        attention = (torch.softmax(scores, -1) * scores).sum(-1)
+        assert torch.allclose(soft(image=images), plain(image=images) + 0.5 * attention, atol=1e-5)
+    attended.freeze(image_trainable=2, text_trainable=0)  # cached maps before the top 2 stages
+    cached = attended.image.lower(images, attended.image_cut)
+    with torch.no_grad():
+        assert torch.allclose(attended(image_features=cached), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="csra"):
+        attended.freeze(image_trainable=0, text_trainable=0)
+    with pytest.raises(ConfigError, match="csra"):
+        create_model("text-only", text_weights="none", csra=0.5)

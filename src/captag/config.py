@@ -57,6 +57,10 @@ class RunConfig:
     image_size: int = option(224, "image side in pixels", low=32, high=2048)
     max_length: int = option(64, "caption tokens kept", low=2, high=512)
     dropout: float = option(0.3, "dropout before the classifier", low=0, high=1, high_open=True)
+    csra: float = option(0.0, "weight of class-specific residual attention over the last image "
+                              "map (CSRA, Zhu and Wu 2021); 0: the seed's pooled head", low=0)
+    csra_temperature: float = option(0.0, "CSRA softmax temperature over map locations; 0: "
+                                          "max pooling (infinite temperature)", low=0)
     epochs: int = option(3, "training epochs", low=1)
     batch_size: int = option(32, "batch size", low=1)
     lr: float = option(2e-4, "learning rate of the encoders", low=0, low_open=True)

@@ -73,9 +73,19 @@ def compare(csv, models: list[str], out, base_cfg: RunConfig | None = None, **op
     return rows
 
 
+NAMED = ("model", "batch_size", "lr", "head_lr", "epochs", "image_trainable", "text_trainable")
+
+
 def sweep_configs(base: RunConfig, model: str, points: list[dict], group: str = "sweep") -> list:
-    configs = [with_point(base.update(model=model), point) for point in points]
-    return [(run_name(cfg), group, cfg) for cfg in configs]
+    """(name, group, config) per point; a swept setting that run_name leaves out is added to
+    the name (e.g. -dropout0.1), so that two points never share a run folder."""
+    named = []
+    for point in points:
+        cfg = with_point(base.update(model=model), point)
+        extra = "".join(f"-{key}{value:g}" if isinstance(value, float) else f"-{key}{value}"
+                        for key, value in point.items() if key not in NAMED)
+        named.append((run_name(cfg) + extra, group, cfg))
+    return named
 
 
 def sweep(csv, model: str, grid: str | dict, out, base_cfg: RunConfig | None = None,

@@ -1,6 +1,11 @@
 """The seed's classifier: pooled image and caption features, concatenated, then ReLU, dropout, linear.
 
-With one encoder left out it is the image-only or text-only variant of the same model.
+With one encoder left out it is the image-only or text-only variant of the same model. With
+`csra` > 0 the head adds class-specific residual attention (CSRA, Zhu and Wu, ICCV 2021) over the
+last image map: each class's linear weights score every map location, and a softmax over the
+locations (temperature `csra_temperature`; 0 = max pooling) adds `csra` times the attended
+score to the logit, so small objects that global pooling washes out can still fire a class.
+It adds no parameters.
 `freeze` keeps the lower stages of each encoder fixed (their BatchNorm too) and trains the rest.
 """
 
@@ -11,6 +16,7 @@ import torch
 from torch import nn
 
 from captag.config import RunConfig
+from captag.errors import ConfigError
 from captag.models.image import ImageEncoder
 from captag.models.text import TextEncoder
 
@@ -19,10 +25,14 @@ class FusionModel(nn.Module):
     """Multi-label classifier over an image encoder, a text encoder, or both."""
 
     def __init__(self, image: ImageEncoder | None, text: TextEncoder | None,
-                 num_labels: int = 18, dropout: float = RunConfig.dropout):
+                 num_labels: int = 18, dropout: float = RunConfig.dropout,
+                 csra: float = RunConfig.csra, csra_temperature: float = RunConfig.csra_temperature):
         super().__init__()
         if image is None and text is None:
             raise ValueError("A model needs an image encoder, a text encoder, or both.")
+        if csra and image is None:
+            raise ConfigError("csra: class-specific residual attention needs an image encoder.")
+        self.csra, self.csra_temperature = csra, csra_temperature
         self.image, self.text = image, text
         dim = (image.feature_dim if image else 0) + (text.feature_dim if text else 0)
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, num_labels))
@@ -33,6 +43,10 @@ class FusionModel(nn.Module):
         """Train only the top `*_trainable` stages of each encoder (-1: all, 0: none)."""
         self.image_cut = self._freeze(self.image, image_trainable)
         self.text_cut = self._freeze(self.text, text_trainable)
+        if self.csra and self.image_cut >= self.image.num_stages:
+            raise ConfigError("csra: the attention needs the image feature map, but the whole "
+                              "image encoder is frozen (its cache keeps pooled vectors): set "
+                              "image_trainable to 1 or more, or -1.")
         self.train(self.training)
 
     @staticmethod
@@ -75,14 +89,29 @@ class FusionModel(nn.Module):
         """Logits from pixels (`image`) or the cached output of the frozen image stages
         (`image_features`), and from token ids (`input_ids`) or the cached output of the frozen
         text stages (`text_states`: token states, or pooled vectors when all are frozen)."""
-        features = []
+        features, maps = [], None
         if self.image is not None:
-            features.append(self.image(image, start=0) if image_features is None
-                            else self.image(image_features, start=self.image_cut))
+            pixels = image_features is None
+            start = 0 if pixels else self.image_cut
+            if self.csra:
+                maps = self.image.feature_map(image if pixels else image_features, start)
+                features.append(self.image.pool(maps))
+            else:
+                features.append(self.image(image if pixels else image_features, start=start))
         if self.text is not None:
             features.append(self.text(input_ids, attention_mask, start=0) if text_states is None
                             else self.text(text_states, attention_mask, start=self.text_cut))
-        return self.head(torch.cat(features, dim=1))
+        logits = self.head(torch.cat(features, dim=1))
+        return logits if maps is None else logits + self.csra * self._attention(maps)
+
+    def _attention(self, maps: torch.Tensor) -> torch.Tensor:
+        """CSRA's attended class scores [batch, classes] over the map's locations."""
+        weight = self.head[-1].weight[:, :maps.shape[1]]  # the image part of the classifier
+        located = self.head[1](self.head[0](maps)).flatten(2)  # ReLU, dropout: [b, d, hw]
+        scores = torch.einsum("bdk,cd->bck", located, weight)
+        if not self.csra_temperature:
+            return scores.amax(-1)
+        return (torch.softmax(self.csra_temperature * scores, -1) * scores).sum(-1)
 
 
 def encoder_stages(encoder) -> list[nn.Module]:

@@ -11,6 +11,8 @@ import timm
 import torch
 from torch import nn
 
+from captag.errors import ConfigError
+
 from captag.models import weights as weights_lib
 from captag.models.catalog import canonical_name, find
 
@@ -120,6 +122,16 @@ class ImageEncoder(nn.Module):
         for stage in self.stages[:cut]:
             h = stage(h)
         return h
+
+    def feature_map(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The last feature map [batch, dim, h, w] from pixels (start 0) or from the
+        activations after `start` stages."""
+        for stage in self.stages[start:]:
+            x = stage(x)
+        if x.dim() != 4:
+            raise ConfigError(f"{self.name} gives no feature map here (its features are pooled "
+                              "or cached pooled): a spatial head needs image_trainable >= 1.")
+        return x
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Pooled features from pixels (start 0) or from the activations after `start` stages."""

@@ -21,7 +21,8 @@ def create_model(model: str = "fusion", *, image_encoder: str = RunConfig.image_
                  text_encoder: str = RunConfig.text_encoder, image_weights: str | None = None,
                  text_weights: str | None = None, num_labels: int = 18,
                  dropout: float = RunConfig.dropout, max_length: int = RunConfig.max_length,
-                 text_config_dir: str | None = None) -> FusionModel:
+                 text_config_dir: str | None = None, csra: float = RunConfig.csra,
+                 csra_temperature: float = RunConfig.csra_temperature) -> FusionModel:
     """Build the model that `model` names, with weights from package, file or hub.
 
     With `text_config_dir` (a saved text config and tokenizer folder) it builds the architecture
@@ -32,7 +33,8 @@ def create_model(model: str = "fusion", *, image_encoder: str = RunConfig.image_
              if image_name else None)
     text = (TextEncoder(text_name, text_weights, max_length=max_length, config_dir=text_config_dir)
             if text_name else None)
-    return FusionModel(image, text, num_labels=num_labels, dropout=dropout)
+    return FusionModel(image, text, num_labels=num_labels, dropout=dropout, csra=csra,
+                       csra_temperature=csra_temperature)
 
 
 def model_from_config(cfg: RunConfig, num_labels: int = 18, text_config_dir=None) -> FusionModel:
@@ -41,7 +43,8 @@ def model_from_config(cfg: RunConfig, num_labels: int = 18, text_config_dir=None
     model = create_model(cfg.model, image_encoder=cfg.image_encoder, text_encoder=cfg.text_encoder,
                          image_weights=cfg.image_weights, text_weights=cfg.text_weights,
                          num_labels=num_labels, dropout=cfg.dropout, max_length=cfg.max_length,
-                         text_config_dir=None if text_config_dir is None else str(text_config_dir))
+                         text_config_dir=None if text_config_dir is None else str(text_config_dir),
+                         csra=cfg.csra, csra_temperature=cfg.csra_temperature)
     model.freeze(cfg.image_trainable, cfg.text_trainable)
     return model
 
