@@ -5,6 +5,7 @@ started from a child process, never from pytest's own. $CAPTAG_LOG_SHARDS makes 
 the image IDs it trained on (training.callbacks.ShardLog).
 """
 
+import csv as csv_module
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from conftest import DATA, small_csv
 
-EPOCHS = 2
+EPOCHS = 3
 BATCH = 8  # per process: 2 x 8 under DDP against 1 x 16 alone
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def captag(*args: str, env: dict | None = None, timeout: int = 170) -> subproces
 
 
 def train(csv: Path, out: Path, cache: Path, batch: int, *extra: str, env=None) -> float:
-    """Train a frozen-encoder fusion model at 64 px; the seconds it took."""
+    """Train the head of a frozen-encoder fusion model at 64 px; the seconds it took."""
     started = time.perf_counter()
     captag("-q", "train", "--csv", str(csv), "--images", str(DATA / "data"), "--out", str(out),
            "--freeze", "--image-size", "64", "--epochs", str(EPOCHS), "--batch-size", str(batch),
@@ -46,31 +47,39 @@ def files_of(run: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
-    csv = small_csv(tmp_path / "small.csv", 120)
+    csv = small_csv(tmp_path / "small.csv", 405)  # 324 train rows, 81 (odd) validation rows
     cache, shards = tmp_path / "cache", tmp_path / "shards"
     run, alone = tmp_path / "ddp", tmp_path / "alone"
     env = {"CAPTAG_LOG_SHARDS": str(shards), "CAPTAG_CACHE": str(cache)}
     ddp_seconds = train(csv, run, cache, BATCH, "--devices", "2", "--strategy", "ddp", env=env)
 
     train_ids = json.loads((run / "split.json").read_text())["train"]
+    orders = []
     for epoch in map(str, range(1, EPOCHS + 1)):
         seen = [json.loads((shards / f"rank{r}.json").read_text())[epoch] for r in (0, 1)]
         assert len(seen[0]) == len(seen[1]) == len(train_ids) // 2
         assert not set(seen[0]) & set(seen[1])
         assert sorted(seen[0] + seen[1]) == sorted(train_ids)
+        orders.append(seen[0])
+    assert orders[0] != orders[1]  # a new shuffle each epoch
 
     assert files_of(run) == [".lock", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
                              "config.yaml", "labels.json", "logs/metrics.csv", "metrics.csv",
                              "model.safetensors", "split.json", "summary.json",
                              "text_encoder/config.json", "text_encoder/tokenizer.json",
                              "text_encoder/tokenizer_config.json", "thresholds.json"]
-    assert len((run / "metrics.csv").read_text().splitlines()) == EPOCHS + 1
+    rows = list(csv_module.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == EPOCHS
 
     summary = json.loads((run / "summary.json").read_text())
+    # the epoch's F1, gathered from both ranks (one padded row dropped), is the whole split's
+    best = rows[summary["best_epoch"] - 1]
+    assert float(best["val_f1_samples"]) == pytest.approx(summary["val_at_0.5"]["f1_samples"],
+                                                          abs=1e-6)
     evaluated = json.loads(captag("evaluate", str(run), "--csv", str(csv), "--images",
                                   str(DATA / "data"), "--split", "val", "--json",
                                   env={"CAPTAG_CACHE": str(cache)}).stdout)
-    assert evaluated["n_samples"] == summary["val"]["n_samples"] == 24
+    assert evaluated["n_samples"] == summary["val"]["n_samples"] == 81
     assert evaluated["f1_samples"] == pytest.approx(summary["val"]["f1_samples"], abs=1e-3)
 
     alone_seconds = train(csv, alone, cache, 2 * BATCH, env={"CAPTAG_CACHE": str(cache)})
