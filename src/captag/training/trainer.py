@@ -44,17 +44,14 @@ from captag.training.module import CaptagModule
 log = logging.getLogger(__name__)
 
 
-def global_rank() -> int:
-    """This process's rank, known before Lightning starts: torchrun's RANK, SLURM's
-    SLURM_PROCID, or LOCAL_RANK and NODE_RANK from Lightning's own launcher (0 if alone)."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
 
 def is_rank_zero() -> bool:
-    return global_rank() == 0
+    """Whether this is rank 0, known before Lightning starts: every rank variable that is set
+    (torchrun's RANK and GROUP_RANK, SLURM's SLURM_PROCID, LOCAL_RANK and NODE_RANK from
+    Lightning's own launcher) is 0."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_VARIABLES)
 
 
 class RunRecords:
@@ -178,6 +175,7 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     module.cpu()
+    data.setup("validate")  # ddp_spawn prepared the data in the spawned processes, not here
     scores = _validation_scores(cfg, data, module, labels) if data.records["val"] else {}
     threshold = scores.get("threshold", 0.5)
     save_thresholds(run.thresholds, threshold, scores.get("tuned_f1"),
