@@ -89,7 +89,8 @@ def test_resume_after_kill_gives_the_same_result(tmp_path, cache_dir):
     cfg.save(tmp_path / "cfg.yaml")
     script = tmp_path / "killed.py"
     script.write_text(KILL_AFTER_SECOND_EPOCH)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    path = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     killed = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"),
                              str(tmp_path / "resumed")], env=env, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]

@@ -23,6 +23,7 @@ from captag.errors import ConfigError, DataNotFoundError
 
 SCHEDULES = ("constant", "linear", "cosine")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
@@ -84,6 +85,13 @@ class RunConfig:
     accelerator: str = option("auto", "where to train", choices=ACCELERATORS)
     devices: str = option("auto", "devices: auto, a count (2 = two GPUs, DDP) or ids '0,1'")
     precision: str = option("32-true", "numeric precision", choices=PRECISIONS)
+    strategy: str = option("auto", "how several devices share the work: auto (one device, or DDP "
+                           "for several), ddp (one process per device; gloo on CPU, NCCL on GPU), "
+                           "ddp_spawn (the same, started by spawning), fsdp (sharded weights, GPU)",
+                           choices=STRATEGIES)
+    num_nodes: int = option(1, "machines in a multi-node run (each with --devices devices; run "
+                               "the same command on every node, e.g. under torchrun or srun)",
+                            low=1)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -1,8 +1,11 @@
-"""Lightning callbacks of a run: the per-epoch metrics.csv, and RNG state kept for exact resume."""
+"""Lightning callbacks of a run: the per-epoch metrics.csv, RNG state kept for exact resume, and
+(for tests) a log of the training rows each process saw."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import random
 import time
 from pathlib import Path
@@ -79,3 +82,31 @@ class RngState(L.Callback):
                              n["has_gauss"], n["cached"]))
         p = state["python"]
         random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss"]))
+
+
+SHARD_LOG = "CAPTAG_LOG_SHARDS"
+
+
+def shard_log() -> list[L.Callback]:
+    """[ShardLog] when $CAPTAG_LOG_SHARDS names a folder (a test hook), else []."""
+    folder = os.environ.get(SHARD_LOG)
+    return [ShardLog(folder)] if folder else []
+
+
+class ShardLog(L.Callback):
+    """Writes FOLDER/rank<R>.json: {epoch: [image IDs this process trained on]}, so a test can
+    check that the processes of a DDP run saw disjoint shards that cover the training split."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.epochs: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        rows = self.epochs.setdefault(trainer.current_epoch + 1, [])
+        rows.extend(torch.as_tensor(batch["index"]).tolist())
+
+    def on_train_end(self, trainer, module) -> None:
+        records = trainer.datamodule.records["train"]
+        ids = {epoch: [records[i].image_id for i in rows] for epoch, rows in self.epochs.items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(ids))

@@ -2,19 +2,28 @@
 
 For each encoder, when its lower stages are frozen their activations come from the feature
 cache; when it is trained whole, the raw input comes with the seed's augmentation.
+
+Under DDP the work is shared the Lightning way: `prepare_data` runs on one process per node
+(local rank 0), which checks the images, splits the records and fills the feature cache;
+Lightning then holds every process at a barrier, and `setup` runs on each of them, reading the
+split (from the run folder) and the cached activations. Both keep the random state as they
+found it, so a warm or a cold cache gives the same run.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captag.data.dataset import CachedFeatures, CaptionedImages, Collate
+from captag.data.labels import LabelMap
 from captag.data.records import Record
 from captag.data.transforms import build_transform
 from captag.models.fusion import FusionModel
@@ -66,38 +75,73 @@ class Joined(Dataset):
         return columns
 
 
-class CaptagDataModule(L.LightningDataModule):
-    """Train and validation data for one run, built from records already split."""
+class Splitter(Protocol):
+    """Where the train and validation records come from."""
 
-    def __init__(self, cfg, model: FusionModel, train: Sequence[Record], val: Sequence[Record],
-                 train_targets: np.ndarray, val_targets: np.ndarray, image_dir: Path,
-                 cache: FeatureCache, progress: bool = True):
+    def prepare(self) -> tuple[list[Record], list[Record]]:
+        """Check and split the records (on the process that prepares the data)."""
+
+    def load(self) -> tuple[list[Record], list[Record]]:
+        """The split that `prepare` made, read back (on the other processes)."""
+
+
+class CaptagDataModule(L.LightningDataModule):
+    """Train and validation data for one run; `splitter` gives the records of each split."""
+
+    def __init__(self, cfg, model: FusionModel, splitter: Splitter, labels: LabelMap,
+                 image_dir: Path, cache: FeatureCache, progress: bool = True):
         super().__init__()
-        self.cfg, self.model = cfg, model
-        self.records = {"train": list(train), "val": list(val)}
-        self.targets = {"train": train_targets, "val": val_targets}
+        self.cfg, self.model, self.splitter, self.labels = cfg, model, splitter, labels
+        self.records: dict[str, list[Record]] = {}
+        self.targets: dict[str, np.ndarray] = {}
         self.image_dir, self.cache, self.progress = Path(image_dir), cache, progress
         self.datasets: dict[str, Dataset] = {}
+        self._cached: dict[str, dict[str, torch.Tensor]] = {}  # filled by prepare_data
+        self.seconds = 0.0  # spent checking, splitting and caching
+
+    def prepare_data(self) -> None:
+        started = time.perf_counter()
+        with isolate_rng():
+            self._take(*self.splitter.prepare())
+            self._cached = {split: self._cached_inputs(split) for split in self._splits()}
+        self.seconds += time.perf_counter() - started
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.datasets:
-            for split in ("train", "val"):
-                if self.records[split]:
-                    self.datasets[split] = self._build(split)
+        if self.datasets:
+            return
+        started = time.perf_counter()
+        if not self.records:
+            self._take(*self.splitter.load())
+        with isolate_rng():
+            for split in self._splits():
+                self.datasets[split] = self._build(split)
+        self.seconds += time.perf_counter() - started
 
-    def _build(self, split: str) -> Dataset:
-        records, targets = self.records[split], self.targets[split]
-        cached, raw_images = {}, False
-        if self.model.image is not None:
-            if self.model.image_cut > 0:
-                cached["image_features"] = image_activations(
-                    self.model, records, self.image_dir, self.cfg.image_size, self.cache,
-                    num_workers=self.cfg.num_workers, progress=self.progress)
-            else:
-                raw_images = True
+    def _take(self, train: Sequence[Record], val: Sequence[Record]) -> None:
+        self.records = {"train": list(train), "val": list(val)}
+        self.targets = {k: self.labels.encode_many([r.labels for r in v])
+                        for k, v in self.records.items()}
+
+    def _splits(self) -> list[str]:
+        return [split for split in ("train", "val") if self.records[split]]
+
+    def _cached_inputs(self, split: str) -> dict[str, torch.Tensor]:
+        """The activations of the frozen stages for the split's records, from the cache."""
+        records, cached = self.records[split], {}
+        if self.model.image is not None and self.model.image_cut > 0:
+            cached["image_features"] = image_activations(
+                self.model, records, self.image_dir, self.cfg.image_size, self.cache,
+                num_workers=self.cfg.num_workers, progress=self.progress)
         if self.model.text is not None and self.model.text_cut > 0:
             cached.update(text_activations(self.model, [r.caption for r in records], self.cache,
                                            progress=self.progress))
+        return cached
+
+    def _build(self, split: str) -> Dataset:
+        records, targets = self.records[split], self.targets[split]
+        cached = self._cached.pop(split, None)
+        cached = self._cached_inputs(split) if cached is None else cached
+        raw_images = self.model.image is not None and self.model.image_cut == 0
         raw = None
         if raw_images or (self.model.text is not None and self.model.text_cut == 0):
             raw = CaptionedImages(records, self.image_dir, self._transform(split == "train"),

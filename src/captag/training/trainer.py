@@ -1,9 +1,13 @@
 """`train`: one run from a CSV to a finished run folder, on Lightning.
 
-Steps: take the run folder's lock, read and check the data and images, split them, build the
-model, fill the feature cache, write config.yaml, fit with checkpoints, then tune the decision
-threshold on validation and save the best model. Without a validation split (val_fraction 0)
-the last epoch is kept and the threshold is 0.5.
+Steps: take the run folder's lock, read the data, build the model, then inside Lightning's fit
+check the images, split them, fill the feature cache, write config.yaml, fit with checkpoints,
+then tune the decision threshold on validation and save the best model. Without a validation
+split (val_fraction 0) the last epoch is kept and the threshold is 0.5.
+
+Under DDP every process runs `train`; rank 0 alone holds the lock and writes the run folder,
+and one process per node checks the images and fills the cache (`CaptagDataModule.prepare_data`)
+while the others wait, then read the split and the cache.
 """
 
 from __future__ import annotations
@@ -33,35 +37,65 @@ from captag.models.fusion import probabilities
 from captag.models.registry import model_from_config, weights_summary
 from captag.runs import RunFolder
 from captag.training.cache import FeatureCache
-from captag.training.callbacks import MetricsCSV, RngState
+from captag.training.callbacks import MetricsCSV, RngState, shard_log
 from captag.training.datamodule import CaptagDataModule
 from captag.training.module import CaptagModule
 
 log = logging.getLogger(__name__)
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """Whether this is rank 0, known before Lightning starts: every rank variable that is set
+    (torchrun's RANK and GROUP_RANK, SLURM's SLURM_PROCID, LOCAL_RANK and NODE_RANK from
+    Lightning's own launcher) is 0."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_VARIABLES)
 
 
-def _screen(records, image_dir: Path, cfg: RunConfig, run: RunFolder, progress: bool):
-    """Records whose images decode; with skip_bad the others are left out and listed."""
-    kept, bad = screen_images(records, image_dir, skip_bad=cfg.skip_bad, progress=progress)
-    if bad and is_rank_zero():
-        run.write_json(run.bad_images, [{"image_id": b.image_id, "reason": b.reason}
-                                        for b in bad])
-    return kept
+class RunRecords:
+    """The run's train and validation records (the data module's splitter): the preparing
+    process checks the images and splits, and rank 0 writes split.json, bad_images.json,
+    labels.json and config.yaml; the other processes read split.json back."""
 
+    def __init__(self, cfg: RunConfig, run: RunFolder, records, image_dir: Path, labels: LabelMap,
+                 check_images: bool, resume: bool, progress: bool):
+        self.cfg, self.run, self.records, self.image_dir = cfg, run, records, image_dir
+        self.labels, self.check_images = labels, check_images
+        self.resume, self.progress = resume, progress
 
-def _split(records, cfg: RunConfig, run: RunFolder, resume: bool):
-    if resume and run.split.exists():
-        train_ids, val_ids = load_split(run.split)
-    else:
-        train_ids, val_ids = split_ids([r.image_id for r in records], cfg.val_fraction, cfg.seed)
-        if is_rank_zero():
-            save_split(run.split, train_ids, val_ids, cfg.seed, cfg.val_fraction)
-    by_id = {r.image_id: r for r in records}
-    return [by_id[i] for i in train_ids if i in by_id], [by_id[i] for i in val_ids if i in by_id]
+    def prepare(self):
+        records = self._screen() if self.check_images else self.records
+        split = self._split(records, load=self.resume and self.run.split.exists())
+        if is_rank_zero():  # written once training really starts
+            self.labels.save(self.run.labels)
+            self.cfg.save(self.run.config)
+        return split
+
+    def load(self):
+        return self._split(self.records, load=True)
+
+    def _screen(self):
+        """Records whose images decode; with skip_bad the others are left out and listed."""
+        kept, bad = screen_images(self.records, self.image_dir, skip_bad=self.cfg.skip_bad,
+                                  progress=self.progress)
+        if bad and is_rank_zero():
+            self.run.write_json(self.run.bad_images, [{"image_id": b.image_id, "reason": b.reason}
+                                                      for b in bad])
+        return kept
+
+    def _split(self, records, load: bool):
+        if load:
+            train_ids, val_ids = load_split(self.run.split)
+        else:
+            ids = [r.image_id for r in records]
+            train_ids, val_ids = split_ids(ids, self.cfg.val_fraction, self.cfg.seed)
+            if is_rank_zero():
+                save_split(self.run.split, train_ids, val_ids, self.cfg.seed,
+                           self.cfg.val_fraction)
+        by_id = {r.image_id: r for r in records}
+        return [by_id[i] for i in train_ids if i in by_id], [by_id[i] for i in val_ids if i in by_id]
 
 
 def _prepare_folder(cfg: RunConfig | None, run: RunFolder, resume: bool) -> RunConfig:
@@ -90,9 +124,10 @@ def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate
     extra = [TQDMProgressBar(refresh_rate=10)] if progress else []
     return L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision, deterministic=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if validate else 0,
-        callbacks=[best, MetricsCSV(run.metrics), RngState(), *extra, *callbacks],
+        callbacks=[best, MetricsCSV(run.metrics), RngState(), *shard_log(), *extra, *callbacks],
         logger=CSVLogger(run.path, name="logs", version=""), log_every_n_steps=20,
         enable_progress_bar=progress, enable_model_summary=False)
 
@@ -115,31 +150,23 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     require_labels(records, cfg.csv, "training")
     model = model_from_config(cfg, num_labels=len(labels))
     image_dir = resolve_image_dir(cfg.csv, cfg.images) if model.image else Path(".")
-    if model.image is not None:
-        records = _screen(records, image_dir, cfg, run, progress)
-    train_records, val_records = _split(records, cfg, run, resume)
-    data = CaptagDataModule(
-        cfg, model, train_records, val_records, labels.encode_many([r.labels for r in train_records]),
-        labels.encode_many([r.labels for r in val_records]), image_dir,
-        FeatureCache(cfg.cache_dir), progress=progress)
-    data.setup("fit")
-    if is_rank_zero():  # written once training really starts
-        labels.save(run.labels)
-        cfg.save(run.config)
-    features_seconds = time.perf_counter() - started
+    records = RunRecords(cfg, run, records, image_dir, labels, model.image is not None, resume,
+                         progress)
+    data = CaptagDataModule(cfg, model, records, labels, image_dir, FeatureCache(cfg.cache_dir),
+                            progress=progress)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # same run, warm cache or cold
     module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one,
                           cfg.schedule, cfg.warmup)
-    trainer = _trainer(cfg, run, callbacks, progress, validate=bool(val_records))
+    trainer = _trainer(cfg, run, callbacks, progress, validate=cfg.val_fraction > 0)
     fit_started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Lightning's bars write to stdout
         trainer.fit(module, datamodule=data,
                     ckpt_path=str(run.checkpoints / "last.ckpt") if resume else None)
-    fit_seconds = time.perf_counter() - fit_started
+    fit_seconds = time.perf_counter() - fit_started - data.seconds
     if not trainer.is_global_zero:
         return {}
     return _finish(cfg, run, module, trainer, data, labels,
-                   {"features_seconds": round(features_seconds, 2),
+                   {"features_seconds": round(fit_started - started + data.seconds, 2),
                     "fit_seconds": round(fit_seconds, 2), "started": started})
 
 
@@ -148,6 +175,7 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     module.cpu()
+    data.setup("validate")  # ddp_spawn prepared the data in the spawned processes, not here
     scores = _validation_scores(cfg, data, module, labels) if data.records["val"] else {}
     threshold = scores.get("threshold", 0.5)
     save_thresholds(run.thresholds, threshold, scores.get("tuned_f1"),
