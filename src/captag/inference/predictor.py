@@ -108,11 +108,17 @@ class Predictor:
                 names, "logits", tokens, fresh=fresh)
         return self._session
 
+    def _transform(self):
+        """The evaluation transform of the image encoder (None without one)."""
+        image = self.model.image
+        if image is None:
+            return None
+        return build_transform(self.cfg.image_size, image.mean, image.std, train=False)
+
     def _loader(self, records, image_dir, batch_size: int, num_workers: int) -> DataLoader:
         image, text = self.model.image, self.model.text
-        transform = (build_transform(self.cfg.image_size, image.mean, image.std, train=False)
-                     if image is not None else None)
-        data = CaptionedImages(records, image_dir or ".", transform, with_images=image is not None)
+        data = CaptionedImages(records, image_dir or ".", self._transform(),
+                               with_images=image is not None)
         workers = num_workers if image is not None else 0
         return DataLoader(data, batch_size=batch_size, num_workers=workers,
                           collate_fn=Collate(text.tokenize if text is not None else None))
@@ -170,8 +176,7 @@ class Predictor:
     def _batch_probs(self, images: list, captions: list[str]) -> np.ndarray:
         batch = {}
         if self.model.image is not None:
-            image = self.model.image
-            transform = build_transform(self.cfg.image_size, image.mean, image.std, train=False)
+            transform = self._transform()
             batch["image"] = torch.stack([transform(open_image(source, f"image {i}"))
                                           for i, source in enumerate(images)])
         if self.model.text is not None:

@@ -18,10 +18,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
-
-def default_cache_dir() -> Path:
-    from captag.config import cache_root
-    return cache_root()
+from captag.config import cache_root
 
 
 def digest(*parts: str | bytes) -> str:
@@ -36,7 +33,7 @@ class FeatureCache:
     """Stores dicts of tensors under keys; counts hits and misses."""
 
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root else default_cache_dir()
+        self.root = Path(root) if root else cache_root()
         self.root.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
