@@ -137,5 +137,5 @@ def probabilities(logits_of, batches) -> np.ndarray:
     outputs = []
     with torch.inference_mode():
         for batch in batches:
-            outputs.append(torch.sigmoid(torch.as_tensor(logits_of(batch)).float()))
+            outputs.append(torch.sigmoid(torch.as_tensor(logits_of(batch)).float()).cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), dtype=np.float32)

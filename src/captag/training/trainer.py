@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import move_data_to_device
 
 from captag.config import RunConfig
 from captag.data import LabelMap, read_records, resolve_image_dir, split_ids
@@ -174,9 +175,10 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
     best_path = trainer.checkpoint_callback.best_model_path or str(run.checkpoints / "last.ckpt")
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
-    module.cpu()
     data.setup("validate")  # ddp_spawn prepared the data in the spawned processes, not here
-    scores = _validation_scores(cfg, data, module, labels) if data.records["val"] else {}
+    device = trainer.strategy.root_device  # scored where it trained: a GPU run stays on its GPU
+    scores = _validation_scores(cfg, data, module.to(device), labels) if data.records["val"] else {}
+    module.cpu()
     threshold = scores.get("threshold", 0.5)
     save_thresholds(run.thresholds, threshold, scores.get("tuned_f1"),
                     scores.get("val_at_0.5", {}).get("f1_samples"),
@@ -204,7 +206,9 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
 
 def _validation_scores(cfg, data, module: CaptagModule, labels) -> dict:
     """Scores of the loaded model on the validation split, with the tuned threshold."""
-    probs = probabilities(module.eval(), data.val_dataloader())
+    module.eval()
+    probs = probabilities(lambda batch: module(move_data_to_device(batch, module.device)),
+                          data.val_dataloader())
     targets = data.targets["val"]
     threshold, tuned_f1 = tune_threshold(targets, probs, at_least_one=cfg.at_least_one)
     return {"threshold": threshold, "tuned_f1": tuned_f1,
