@@ -8,8 +8,12 @@ import torch
 
 def build_transform(image_size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                     train: bool = False, hflip: float = 0.5, rotation: float = 10.0) -> T.Compose:
-    """Resize to a square, then (train only) flip and rotate, then tensor and normalise."""
-    steps = [T.ToImage(), T.Resize((image_size, image_size), antialias=True)]
+    """Resize to a square, then (train only) flip and rotate, then tensor and normalise.
+
+    The resize works on the PIL image (Pillow's antialiased bilinear filter), so a runtime
+    without torch (`captag.deploy`) reproduces the evaluation transform exactly."""
+    steps = [T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR),
+             T.ToImage()]
     if train and hflip > 0:
         steps.append(T.RandomHorizontalFlip(hflip))
     if train and rotation > 0:
