@@ -141,11 +141,20 @@ def emit(args, result: dict, lines: list[str]) -> None:
         print("\n".join(lines))
 
 
+def _predictor(args):
+    """The predictor of RUN_DIR: an exported folder's (torch-free) or a run folder's."""
+    from captag.deploy import load_predictor
+    from captag.deploy.runtime import is_export
+    if is_export(args.run_dir):
+        return load_predictor(args.run_dir)
+    return load_predictor(args.run_dir, engine=args.engine)
+
+
 def cmd_evaluate(args) -> int:
     from captag.inference.evaluate import evaluate_run
     result = evaluate_run(args.run_dir, args.csv, args.images, args.batch_size,
                           args.num_workers, args.engine, progress=not (args.quiet or args.json),
-                          split=args.split)
+                          split=args.split, predictor=_predictor(args))
     emit(args, result, evaluate_lines(result))
     return 0
 
@@ -164,10 +173,24 @@ def evaluate_lines(result: dict) -> list[str]:
 
 def cmd_predict(args) -> int:
     from captag.inference.evaluate import predict_run
+    from captag.inference.evaluate import check_output
+    check_output(args.output)
     result = predict_run(args.run_dir, args.csv, args.output, args.images, args.batch_size,
-                         args.num_workers, args.engine, progress=not args.quiet)
+                         args.num_workers, args.engine, progress=not args.quiet,
+                         predictor=_predictor(args))
     print(f"wrote {result['rows']} predictions to {result['output']} "
           f"({result['samples_per_second']:.1f} samples/s)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from captag.deploy.export import export_run
+    spec = export_run(args.run_dir, args.out, int8=args.int8, image_quant=args.image_quant,
+                      shrink=not args.full_vocab)
+    sizes = spec["sizes"]
+    emit(args, spec, [f"exported {args.run_dir} to {args.out}"
+                      f"{' (int8)' if args.int8 else ''}: graphs {sizes['model_mb']:.1f} MB, "
+                      f"{sizes['parameters']:,} parameters"])
     return 0
 
 
@@ -281,7 +304,7 @@ def _add_study_commands(sub) -> None:
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("run_dir", help="a run folder written by captag train")
+    p.add_argument("run_dir", help="a run folder written by captag train, or an exported folder")
     p.add_argument("--csv", required=True)
     p.add_argument("--images", help="image folder (default: data/ beside the CSV)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -303,6 +326,21 @@ def _add_train_command(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_export_command(sub) -> None:
+    p = sub.add_parser("export", help="write a run as a standalone ONNX model folder")
+    _common(p)
+    p.add_argument("run_dir", help="a run folder written by captag train")
+    p.add_argument("--out", required=True, help="new folder to write")
+    p.add_argument("--int8", action="store_true", help="quantise the graphs to int8")
+    p.add_argument("--image-quant", choices=["qdq", "qoperator", "dynamic", "fp32"],
+                   default="qdq", help="how --int8 treats the image graph (default: static QDQ "
+                                       "calibrated on 200 training images)")
+    p.add_argument("--full-vocab", action="store_true",
+                   help="keep the whole vocabulary (default: only the training captions' tokens)")
+    p.add_argument("--json", action="store_true", help="print model.yaml as JSON")
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="captag", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and logs")
@@ -319,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p)
     p.add_argument("--output", required=True, help="CSV to write (ImageID,Labels)")
     p.set_defaults(func=cmd_predict)
+    _add_export_command(sub)
     _add_study_commands(sub)
     p = sub.add_parser("models", help="the model zoo: sizes, budget and where weights come from")
     _common(p)

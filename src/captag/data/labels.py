@@ -71,6 +71,10 @@ class LabelMap:
             raise ValueError(f"decode expects a vector of length {len(self)}, got shape {row.shape}.")
         return [self.ids[j] for j in np.flatnonzero(row > 0.5)]
 
+    def as_list(self) -> list[dict]:
+        """[{"id", "name"}] for each label, in order."""
+        return [{"id": i, "name": n} for i, n in zip(self.ids, self.names)]
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"ids": list(self.ids), "names": list(self.names)}, indent=1) + "\n")
 

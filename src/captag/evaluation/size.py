@@ -1,5 +1,7 @@
 """Model size: parameter counts, in-memory and on-disk megabytes, and the 100 MB budget.
 
+Torch-free: a model is anything with `parameters()` and `buffers()`.
+
 Here 1 MB = 2**20 bytes (a mebibyte).
 """
 
@@ -8,18 +10,16 @@ from __future__ import annotations
 import os
 import warnings
 
-import torch
-
 BUDGET_MB = 100.0
 BYTES_PER_MB = 2**20
 
 
-def parameter_count(model: torch.nn.Module) -> int:
+def parameter_count(model) -> int:
     """Number of parameters (each shared tensor counted once; buffers not counted)."""
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_mb(model: torch.nn.Module) -> float:
+def parameter_mb(model) -> float:
     """Size of parameters and buffers, sum of numel * element_size, in MB (2**20 bytes)."""
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors) / BYTES_PER_MB

@@ -17,27 +17,33 @@ from captag.data import LabelMap, read_records, resolve_image_dir, screen_images
 from captag.data.records import require_labels
 from captag.errors import OutputError, RunFolderError
 from captag.evaluation.metrics import compute_metrics, per_class_report, predict_labels
-from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
+from captag.evaluation.size import check_budget
 from captag.evaluation.speed import Timer, throughput
 from captag.files import jsonable, write_text
-from captag.inference.predictor import Predictor
 
 
-def _image_dir(predictor: Predictor, records, csv_path, images) -> Path | None:
+def _predictor(run_dir, engine: str, predictor):
+    """`predictor` when given (a run folder's or an exported folder's), else the run folder's."""
+    if predictor is not None:
+        return predictor
+    from captag.inference.predictor import Predictor
+    return Predictor(run_dir, engine)
+
+
+def _image_dir(predictor, records, csv_path, images) -> Path | None:
     """The image folder, once every image of `records` decodes; None for a text-only model."""
-    if predictor.model.image is None:
+    if not predictor.has_image:
         return None
     image_dir = resolve_image_dir(csv_path, images)
     screen_images(records, image_dir, can_skip=False)
     return image_dir
 
 
-def _split_ids(predictor: Predictor, split: str) -> set[str]:
+def _split_ids(predictor, split: str) -> set[str]:
     """The image IDs of the run's `split` ('train' or 'val')."""
-    run = predictor.run
-    train_ids, val_ids = run.load_split()
+    train_ids, val_ids = predictor.load_split()
     if split == "val" and not val_ids:
-        raise RunFolderError(f"The run in {run.path} has no validation split (it was trained "
+        raise RunFolderError(f"The run in {predictor.info()['path']} has no validation split (it was trained "
                              "with val_fraction 0): evaluate it on a labelled CSV without --split.")
     return set(val_ids if split == "val" else train_ids)
 
@@ -51,14 +57,16 @@ def _only_split(records, wanted: set[str], split: str):
 
 
 def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_workers: int = 1,
-                 engine: str = "auto", progress: bool = True, split: str | None = None) -> dict:
+                 engine: str = "auto", progress: bool = True, split: str | None = None,
+                 predictor=None) -> dict:
     """Scores of the run's model with its tuned threshold on the labelled rows of `csv_path`,
     as strict-JSON-able values (a score that is NaN, e.g. the AP of a class without positives,
     is None).
 
     With `split` ('val' or 'train'), only the rows of that split of the run are scored.
+    `predictor` (e.g. `captag.deploy.load_predictor(path)`) replaces the run folder's.
     """
-    predictor = Predictor(run_dir, engine)
+    predictor = _predictor(run_dir, engine, predictor)
     wanted = _split_ids(predictor, split) if split else None
     records = read_records(csv_path, predictor.labels.ids)
     require_labels(records, csv_path, "evaluate")
@@ -72,18 +80,19 @@ def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_worke
                      "samples_per_second": round(throughput(len(records), timer.seconds), 2)})
 
 
-def _scores(predictor: Predictor, records, probs: np.ndarray) -> dict:
+def _scores(predictor, records, probs: np.ndarray) -> dict:
     labels, threshold = predictor.labels, predictor.threshold
     targets = labels.encode_many([r.labels for r in records])
-    at_least_one = predictor.cfg.at_least_one
+    at_least_one = predictor.at_least_one
     metrics = compute_metrics(targets, probs, threshold, at_least_one)
-    model_mb = file_mb(predictor.run.model)
+    info = predictor.info()
+    sizes = info["sizes"]
     return {
         **metrics, "n_samples": len(records), "threshold": threshold,
         "f1_samples_at_0.5": compute_metrics(targets, probs, 0.5, at_least_one)["f1_samples"],
-        "engine": predictor.engine, "model_mb": round(model_mb, 2),
-        "parameter_mb_fp32": round(parameter_mb(predictor.model), 2),
-        "parameters": parameter_count(predictor.model), "within_budget": check_budget(model_mb),
+        "engine": info["model"]["engine"], "model_mb": sizes["model_mb"],
+        "parameter_mb_fp32": sizes["parameter_mb_fp32"], "parameters": sizes["parameters"],
+        "within_budget": check_budget(sizes["model_mb"]),
         "per_class": per_class_report(targets, probs, threshold, labels.ids, labels.names),
     }
 
@@ -116,15 +125,16 @@ def write_submission(path, image_ids, predicted: np.ndarray, labels: LabelMap) -
 
 
 def predict_run(run_dir, csv_path, output, images=None, batch_size: int = 32,
-                num_workers: int = 1, engine: str = "auto", progress: bool = True) -> dict:
+                num_workers: int = 1, engine: str = "auto", progress: bool = True,
+                predictor=None) -> dict:
     """Predict labels for every row of `csv_path` and write them as a submission to `output`."""
     output = check_output(output)
-    predictor = Predictor(run_dir, engine)
+    predictor = _predictor(run_dir, engine, predictor)
     records = read_records(csv_path, predictor.labels.ids)
     image_dir = _image_dir(predictor, records, csv_path, images)
     with Timer() as timer:
         probs = predictor.predict_probs(records, image_dir, batch_size, num_workers, progress)
-    predicted = predict_labels(probs, predictor.threshold, predictor.cfg.at_least_one)
+    predicted = predict_labels(probs, predictor.threshold, predictor.at_least_one)
     write_submission(output, [r.image_id for r in records], predicted, predictor.labels)
     return {"rows": len(records), "output": str(output), "seconds": round(timer.seconds, 3),
             "samples_per_second": round(throughput(len(records), timer.seconds), 2)}

@@ -18,13 +18,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+import captag
 from captag.config import cache_root
 from captag.data.dataset import CaptionedImages, Collate
 from captag.data.images import open_image
 from captag.data.records import Record
 from captag.data.transforms import build_transform
-from captag.errors import InputError
+from captag.errors import RunFolderError
 from captag.evaluation.metrics import predict_labels
+from captag.evaluation.size import file_mb, parameter_count, parameter_mb
+from captag.files import read_json
+from captag.inference.inputs import check_inputs, is_single, result
 from captag.models import onnx
 from captag.models.fusion import FusionModel, model_inputs, probabilities
 from captag.runs import RunFolder
@@ -96,6 +100,36 @@ class Predictor:
         self.engine = "onnxruntime" if use_onnx else "torch"
         self._session = None
 
+    @property
+    def has_image(self) -> bool:
+        return self.model.image is not None
+
+    @property
+    def at_least_one(self) -> bool:
+        return self.cfg.at_least_one
+
+    def load_split(self) -> tuple[list[str], list[str]]:
+        """(train IDs, validation IDs) of the run."""
+        return self.run.load_split()
+
+    def info(self) -> dict:
+        """What the model is: labels, thresholds, sizes and where it comes from (the keys of
+        `ExportedPredictor.info`)."""
+        cfg, run = self.cfg, self.run
+        return {
+            "format": "run", "path": str(run.path),
+            "model": {"name": cfg.model, "image_encoder": cfg.image_encoder,
+                      "text_encoder": cfg.text_encoder, "engine": self.engine, "int8": False},
+            "labels": self.labels.as_list(), "threshold": self.threshold,
+            "at_least_one": cfg.at_least_one,
+            "thresholds": read_json(run.thresholds, RunFolderError, "a JSON object"),
+            "sizes": {"model_mb": round(file_mb(run.model), 2),
+                      "parameters": parameter_count(self.model),
+                      "parameter_mb_fp32": round(parameter_mb(self.model), 2)},
+            "provenance": {"run": str(run.path), "val_f1_samples": run.load_val_f1(),
+                           "captag_version": captag.__version__},
+        }
+
     def _onnx_session(self):
         if self._session is None:
             path, fresh = onnx_target(self.run)
@@ -144,34 +178,15 @@ class Predictor:
         A model without an image (or text) encoder needs no images (or captions). One pair gives
         one result, lists give a list of results, each {"labels": [{"id", "name"}],
         "probabilities": {name: p}, "threshold": t}."""
-        single = (isinstance(captions, str) if captions is not None
-                  else not isinstance(images, (list, tuple)))
-        images, captions = self._inputs(images, captions)
+        single = is_single(images, captions)
+        images, captions = check_inputs(images, captions, self.has_image,
+                                        self.model.text is not None)
         probs = np.concatenate([self._batch_probs(images[i:i + batch_size],
                                                   captions[i:i + batch_size])
                                 for i in range(0, len(captions), batch_size)])
         chosen = predict_labels(probs, self.threshold, self.cfg.at_least_one)
-        results = [self._result(p, c) for p, c in zip(probs, chosen)]
+        results = [result(p, c, self.labels, self.threshold) for p, c in zip(probs, chosen)]
         return results[0] if single else results
-
-    def _inputs(self, images, captions) -> tuple[list, list[str]]:
-        images = images if isinstance(images, (list, tuple)) or images is None else [images]
-        captions = [captions] if isinstance(captions, str) else captions
-        n = len(images) if images is not None else len(captions or [])
-        if self.model.image is not None and (images is None or not images):
-            raise InputError("This model reads images: pass images (paths, bytes or PIL images).")
-        if self.model.text is not None and captions is None:
-            raise InputError("This model reads captions: pass captions (strings).")
-        captions = captions if captions is not None else [""] * n
-        if images is not None and len(images) != len(captions):
-            raise InputError(f"Got {len(images)} images but {len(captions)} captions: "
-                             "pass one caption per image.")
-        bad = [i for i, c in enumerate(captions) if not isinstance(c, str)
-               or (self.model.text is not None and not c.strip())]
-        if bad:
-            raise InputError(f"Caption {bad[0]} is empty or not a string: give every image a "
-                             "caption.")
-        return images or [None] * n, captions
 
     def _batch_probs(self, images: list, captions: list[str]) -> np.ndarray:
         batch = {}
@@ -184,10 +199,3 @@ class Predictor:
         if self.engine == "onnxruntime":
             self._onnx_session()
         return probabilities(self._logits, [batch])
-
-    def _result(self, probs: np.ndarray, chosen: np.ndarray) -> dict:
-        labels = self.labels
-        return {"labels": [{"id": labels.ids[j], "name": labels.names[j]}
-                           for j in np.flatnonzero(chosen)],
-                "probabilities": {name: float(p) for name, p in zip(labels.names, probs)},
-                "threshold": self.threshold}

@@ -126,6 +126,15 @@ class RunFolder:
         """(train IDs, validation IDs) of the run."""
         return _as_run_error(self.split, load_split)
 
+    def load_val_f1(self) -> float | None:
+        """The final validation samples-F1 in summary.json; None without one."""
+        try:
+            summary = read_json(self.summary, RunFolderError, "a JSON object")
+        except RunFolderError:
+            return None
+        val = summary.get("val") if isinstance(summary, dict) else None
+        return val.get("f1_samples") if isinstance(val, dict) else None
+
     def load_threshold(self) -> float:
         """The decision threshold: RunFolderError unless each given one is a number in (0, 1)."""
         expected = "a JSON object with a 'threshold' number between 0 and 1"

@@ -1,0 +1,19 @@
+"""Deployment: `captag export` (a run as a standalone ONNX folder, optionally int8) and the
+torch-free runtime that predicts from it; `load_predictor` opens either kind of folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_predictor(path, **options):
+    """An `ExportedPredictor` for an exported folder (it holds model.yaml), else the run
+    folder's `Predictor` (which needs torch)."""
+    from captag.deploy.runtime import ExportedPredictor, is_export
+    if is_export(path):
+        return ExportedPredictor.load(Path(path), **options)
+    from captag.inference.predictor import Predictor
+    return Predictor.load(path, **options)
+
+
+__all__ = ["load_predictor"]

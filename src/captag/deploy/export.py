@@ -1,0 +1,283 @@
+"""`captag export`: a run folder as a standalone model folder that `captag.deploy.runtime` runs
+without torch.
+
+The folder holds three ONNX graphs (image -> image features, caption tokens -> text features,
+features -> logits; only those the model has), the tokenizer (`tokenizer.json`), the token map
+of the shrunk vocabulary (`token_map.npy`), `labels.json`, `thresholds.json`, `split.json` and
+`model.yaml`. The vocabulary keeps the embedding rows of the tokens that the run's training
+captions use, plus the special tokens; the runtime maps every other token to [UNK]. With int8,
+the text graph and the head are quantised dynamically (MatMul, Gemm, Gather) and the image graph
+as `image_quant` says: static QDQ or QOperator (per channel, calibrated on 200 training images;
+convolutions only, the first and the last kept fp32), dynamic, or fp32.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+import captag
+from captag.data import read_records, resolve_image_dir
+from captag.data.images import open_image
+from captag.errors import ConfigError, OutputError
+from captag.evaluation.size import BYTES_PER_MB
+from captag.models import onnx
+from captag.models.fusion import FusionModel
+from captag.runs import RunFolder
+from captag.deploy.runtime import FORMAT, FORMAT_VERSION, MODEL_YAML, preprocess_image
+
+IMAGE_QUANT = ("qdq", "qoperator", "dynamic", "fp32")
+DEFAULT_IMAGE_QUANT = "qdq"
+CALIBRATION_IMAGES = 200
+
+
+class _ImagePart(nn.Module):
+    """image -> pooled features (or the last feature map, for a CSRA head)."""
+
+    def __init__(self, model: FusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        if self.model.csra:
+            return self.model.image.feature_map(image, 0)
+        return self.model.image(image, start=0)
+
+
+class _TextPart(nn.Module):
+    """input_ids, attention_mask -> pooled caption features."""
+
+    def __init__(self, model: FusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model.text(input_ids, attention_mask, start=0)
+
+
+class _Head(nn.Module):
+    """The image part and text features -> logits (FusionModel.forward after the encoders)."""
+
+    def __init__(self, model: FusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *parts):
+        model, features, maps = self.model, list(parts), None
+        if model.image is not None and model.csra:
+            maps = parts[0]
+            features[0] = model.image.pool(maps)
+        logits = model.head(torch.cat(features, dim=1))
+        return logits if maps is None else logits + model.csra * model._attention(maps)
+
+
+def check_out(out) -> Path:
+    """The output folder: OutputError if it exists and is not an empty folder."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"--out {out} exists and is not an empty folder: choose a new folder "
+                          "(an export never overwrites one).")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"--out {out}: cannot create {out.parent} "
+                          f"({error.strerror or error}).") from None
+    if not os.access(out.parent, os.W_OK):
+        raise OutputError(f"--out {out}: the folder {out.parent} is not writable.")
+    return out
+
+
+def training_captions(run: RunFolder, cfg) -> list[str]:
+    """The captions of the run's training split, read from the run's CSV."""
+    train_ids = set(run.load_split()[0]) if run.split.is_file() else None
+    records = read_records(cfg.csv)
+    return [r.caption for r in records if train_ids is None or r.image_id in train_ids]
+
+
+def shrink_vocabulary(model: FusionModel, captions: list[str]) -> np.ndarray:
+    """Keep only the embedding rows of the tokens in `captions` and the special tokens (in
+    their old order) and return the token map: old id -> new id, any other -> [UNK]'s."""
+    tokenizer = model.text.tokenizer
+    used = tokenizer(captions, truncation=True, max_length=model.text.max_length)["input_ids"]
+    kept = sorted({i for ids in used for i in ids} | set(tokenizer.all_special_ids))
+    embeddings = model.text.model.get_input_embeddings()
+    token_map = np.full(embeddings.num_embeddings, kept.index(tokenizer.unk_token_id), np.int64)
+    token_map[kept] = np.arange(len(kept))
+    smaller = nn.Embedding(len(kept), embeddings.embedding_dim)
+    smaller.weight.data = embeddings.weight.data[kept].clone()
+    model.text.model.set_input_embeddings(smaller)
+    return token_map
+
+
+def export_graphs(model: FusionModel, folder: Path, image_size: int) -> dict:
+    """image.onnx, text.onnx and head.onnx (those the model has); their file names by part."""
+    graphs, parts = {}, []
+    with torch.no_grad():
+        if model.image is not None:
+            image = torch.zeros(2, 3, image_size, image_size)
+            onnx.export(_ImagePart(model), [image], folder / "image.onnx", ["image"],
+                        "image_features")
+            graphs["image"] = "image.onnx"
+            parts.append(_ImagePart(model)(image))
+        if model.text is not None:
+            ids = torch.ones(2, 8, dtype=torch.long)
+            onnx.export(_TextPart(model), [ids, ids], folder / "text.onnx",
+                        ["input_ids", "attention_mask"], "text_features",
+                        {"input_ids": {1: "tokens"}, "attention_mask": {1: "tokens"}})
+            graphs["text"] = "text.onnx"
+            parts.append(_TextPart(model)(ids, ids))
+    names = [n for n, part in (("image_features", "image"), ("text_features", "text"))
+             if part in graphs]
+    onnx.export(_Head(model), parts, folder / "head.onnx", names, "logits")
+    graphs["head"] = "head.onnx"
+    return graphs
+
+
+class _Calibration:
+    """Batches of preprocessed training images for static quantisation."""
+
+    def __init__(self, paths: list[Path], preprocessing: dict, batch: int = 20):
+        self.paths, self.pre, self.batch = paths, preprocessing, batch
+
+    def get_next(self):
+        if not self.paths:
+            return None
+        chunk, self.paths = self.paths[:self.batch], self.paths[self.batch:]
+        pre = self.pre
+        return {"image": np.stack([preprocess_image(open_image(p, p.name), pre["image_size"],
+                                                    pre["mean"], pre["std"]) for p in chunk])}
+
+
+def calibration_images(run: RunFolder, cfg, count: int = CALIBRATION_IMAGES) -> list[Path]:
+    """The first `count` images of the run's training split (its CSV's image folder)."""
+    folder = resolve_image_dir(cfg.csv, cfg.images)
+    train_ids = run.load_split()[0] if run.split.is_file() else [
+        r.image_id for r in read_records(cfg.csv)]
+    return [folder / i for i in train_ids[:count]]
+
+
+def _end_convs(path: Path) -> list[str]:
+    """The names of the first and last Conv nodes of a graph (kept fp32: they lose the most)."""
+    import onnx as onnx_lib
+    convs = [n.name for n in onnx_lib.load(str(path)).graph.node if n.op_type == "Conv"]
+    return [convs[0], convs[-1]] if convs else []
+
+
+def quantize_graphs(folder: Path, graphs: dict, image_quant: str, calibration: list[Path],
+                    preprocessing: dict) -> None:
+    """Replace each graph by its int8 version, in place (after ONNX Runtime's pre-processing)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    for part, name in graphs.items():
+        quant_pre_process(str(folder / name), str(folder / name), skip_symbolic_shape=True)
+    for part, ops in (("text", ["MatMul", "Gather"]), ("head", ["MatMul", "Gemm"])):
+        if part in graphs:
+            path = folder / graphs[part]
+            quantize_dynamic(path, path, op_types_to_quantize=ops, weight_type=QuantType.QInt8)
+    if "image" not in graphs or image_quant == "fp32":
+        return
+    path = folder / graphs["image"]
+    if image_quant == "dynamic":
+        quantize_dynamic(path, path, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                         weight_type=QuantType.QUInt8)
+        return
+    quantize_static(path, path, _Calibration(calibration, preprocessing),
+                    quant_format=QuantFormat.QDQ if image_quant == "qdq" else QuantFormat.QOperator,
+                    op_types_to_quantize=["Conv"], nodes_to_exclude=_end_convs(path),
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+
+
+def _parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def _spec(run: RunFolder, cfg, model: FusionModel, folder: Path, graphs: dict, pre: dict,
+          int8: bool, image_quant: str) -> dict:
+    graph_mb = {part: round((folder / name).stat().st_size / BYTES_PER_MB, 3)
+                for part, name in graphs.items()}
+    parameters = {"image": _parameters(model.image), "text": _parameters(model.text),
+                  "head": _parameters(model.head)}
+    total = sum(parameters.values())
+    inputs = {"image": ["image"], "text": ["input_ids", "attention_mask"],
+              "head": [n for n, p in (("image_features", "image"), ("text_features", "text"))
+                       if p in graphs]}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": {"name": cfg.model, "image_encoder": cfg.image_encoder if model.image else None,
+                  "text_encoder": cfg.text_encoder if model.text else None},
+        "graphs": graphs, "inputs": {p: inputs[p] for p in graphs}, "outputs": {"head": "logits"},
+        "preprocessing": pre,
+        "sizes": {"graphs_mb": graph_mb, "model_mb": round(sum(graph_mb.values()), 2),
+                  "parameters": total, "parameters_by_part": parameters,
+                  "parameter_mb_fp32": round(total * 4 / BYTES_PER_MB, 2)},
+        "provenance": {"run": str(run.path.resolve()), "config": cfg.to_dict(),
+                       "val_f1_samples": run.load_val_f1(), "captag_version": captag.__version__,
+                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                           timespec="seconds"),
+                       "int8": int8, "image_quantization": image_quant if int8 else None},
+    }
+
+
+def _preprocessing(cfg, model: FusionModel, token_map: bool) -> dict:
+    pre = {"at_least_one": cfg.at_least_one}
+    if model.image is not None:
+        pre.update(image_size=cfg.image_size, mean=[float(v) for v in model.image.mean],
+                   std=[float(v) for v in model.image.std], resize_filter="bilinear")
+    if model.text is not None:
+        tokenizer = model.text.tokenizer
+        pre.update(tokenizer="tokenizer.json", max_length=model.text.max_length,
+                   pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
+                   token_map="token_map.npy" if token_map else None)
+    return pre
+
+
+def export_run(run_dir, out, int8: bool = False, image_quant: str = DEFAULT_IMAGE_QUANT,
+               shrink: bool = True) -> dict:
+    """Export the run in `run_dir` to the new folder `out`; returns its model.yaml as a dict.
+    Everything is checked first, and the folder appears whole or not at all."""
+    if image_quant not in IMAGE_QUANT:
+        raise ConfigError(f"image_quant {image_quant!r} is not one of {', '.join(IMAGE_QUANT)}.")
+    out = check_out(out)
+    run = RunFolder(run_dir)
+    run.check()
+    cfg = run.load_config()
+    model = run.load_model()
+    captions = training_captions(run, cfg) if shrink and model.text is not None else None
+    calibration = (calibration_images(run, cfg) if int8 and model.image is not None
+                   and image_quant in ("qdq", "qoperator") else [])
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        spec = _write(run, cfg, model, staging, captions, calibration, int8, image_quant)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return spec
+
+
+def _write(run, cfg, model, folder: Path, captions, calibration, int8, image_quant) -> dict:
+    if captions is not None:
+        np.save(folder / "token_map.npy", shrink_vocabulary(model, captions))
+    if model.text is not None:
+        model.text.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    pre = _preprocessing(cfg, model, captions is not None)
+    graphs = export_graphs(model, folder, cfg.image_size)
+    if int8:
+        quantize_graphs(folder, graphs, image_quant, calibration, pre)
+    for source in (run.labels, run.thresholds, run.split):
+        if source.is_file():
+            shutil.copyfile(source, folder / source.name)
+    spec = _spec(run, cfg, model, folder, graphs, pre, int8, image_quant)
+    (folder / MODEL_YAML).write_text(yaml.safe_dump(spec, sort_keys=False))
+    return spec

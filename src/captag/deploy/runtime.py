@@ -1,0 +1,234 @@
+"""The torch-free runtime of an exported model folder (`captag export`): `ExportedPredictor`.
+
+It imports numpy, Pillow, onnxruntime, tokenizers and yaml, and only captag's torch-free
+modules. Batches flow through a small pipeline: threads decode and resize the images and
+tokenise the captions of the next batches while ONNX Runtime runs the current one (Pillow and
+tokenizers release the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+from PIL import Image
+from tokenizers import Tokenizer
+
+from captag.data.images import open_image
+from captag.data.labels import LabelMap
+from captag.data.split import load_split
+from captag.errors import RunFolderError
+from captag.evaluation.metrics import load_thresholds, predict_labels
+from captag.files import read_json
+from captag.inference.inputs import check_inputs, is_single, result
+
+FORMAT = "captag-export"
+FORMAT_VERSION = 1
+MODEL_YAML = "model.yaml"
+FILTERS = {"bilinear": Image.Resampling.BILINEAR}
+
+
+def is_export(path) -> bool:
+    """Whether `path` is an exported model folder (it holds model.yaml)."""
+    return (Path(path) / MODEL_YAML).is_file()
+
+
+def read_spec(folder: Path) -> dict:
+    """model.yaml of an exported folder, checked with the files it names."""
+    path = folder / MODEL_YAML
+    if not folder.is_dir() or not path.is_file():
+        raise RunFolderError(f"{folder} is not an exported model folder: {MODEL_YAML} missing. "
+                             "Write one with `captag export RUN_DIR --out DIR`.")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RunFolderError(f"{path} is not valid YAML ({error}).") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise RunFolderError(f"{path} does not describe a captag export (format {FORMAT}).")
+    if spec.get("format_version", 0) > FORMAT_VERSION:
+        raise RunFolderError(f"{path} has format version {spec['format_version']}; this captag "
+                             f"reads version {FORMAT_VERSION} or older: upgrade captag.")
+    names = [*spec["graphs"].values(), "labels.json", "thresholds.json"]
+    names += [spec["preprocessing"][k] for k in ("tokenizer", "token_map")
+              if spec["preprocessing"].get(k)]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise RunFolderError(f"{folder} is an incomplete export: {', '.join(missing)} missing. "
+                             "Export the run again.")
+    return spec
+
+
+def preprocess_image(image: Image.Image, size: int, mean, std, resample=FILTERS["bilinear"]):
+    """The evaluation transform: a square resize (Pillow), /255, normalise; CHW float32."""
+    pixels = np.asarray(image.resize((size, size), resample), dtype=np.float32) / 255.0
+    pixels = (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return pixels.transpose(2, 0, 1)
+
+
+def load_tokenizer(path: Path, max_length: int, pad_id: int, pad_token: str) -> Tokenizer:
+    """The exported tokenizer, truncating to `max_length` and padding to the longest caption."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    return tokenizer
+
+
+def default_threads() -> tuple[int, int]:
+    """(ONNX Runtime intra-op threads, decode threads) for this machine's cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(cores or 1, 1), max(min((cores or 1) // 2, 4), 1)
+
+
+def session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with `threads` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class ExportedPredictor:
+    """Label probabilities from an exported folder, with the interface of the run folder's
+    `Predictor`: `load`, `predict`, `predict_probs`, `labels`, `threshold`, `info()`."""
+
+    engine = "onnxruntime"
+
+    @classmethod
+    def load(cls, path, threads: int | None = None,
+             decode_threads: int | None = None) -> "ExportedPredictor":
+        return cls(path, threads, decode_threads)
+
+    def __init__(self, path, threads: int | None = None, decode_threads: int | None = None):
+        self.path = Path(path)
+        self.spec = read_spec(self.path)
+        self.labels = LabelMap.load(self.path / "labels.json")
+        self.threshold = load_thresholds(self.path / "thresholds.json")
+        pre = self.spec["preprocessing"]
+        self.at_least_one = bool(pre["at_least_one"])
+        self.threads, self.decode_threads = default_threads()
+        self.threads = threads or self.threads
+        self.decode_threads = decode_threads or self.decode_threads
+        self.sessions = {part: session(self.path / name, self.threads)
+                         for part, name in self.spec["graphs"].items()}
+        self.has_image, self.has_text = "image" in self.sessions, "text" in self.sessions
+        self.tokenizer = self.token_map = None
+        if self.has_text:
+            self.tokenizer = load_tokenizer(self.path / pre["tokenizer"], pre["max_length"],
+                                            pre["pad_id"], pre["pad_token"])
+            if pre.get("token_map"):
+                self.token_map = np.load(self.path / pre["token_map"])
+
+    # --- one batch -------------------------------------------------------------------------
+
+    def _pixels(self, sources: Sequence, names: Sequence[str]) -> np.ndarray:
+        pre = self.spec["preprocessing"]
+        resample = FILTERS[pre["resize_filter"]]
+        return np.stack([preprocess_image(open_image(s, n), pre["image_size"], pre["mean"],
+                                          pre["std"], resample) for s, n in zip(sources, names)])
+
+    def _tokens(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = self.tokenizer.encode_batch(list(captions))
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        return (self.token_map[ids] if self.token_map is not None else ids), mask
+
+    def _prepare(self, sources, names, captions) -> dict:
+        """The model's inputs for one batch (run in a decode thread)."""
+        batch = {}
+        if self.has_image:
+            batch["image"] = self._pixels(sources, names)
+        if self.has_text:
+            batch["input_ids"], batch["attention_mask"] = self._tokens(captions)
+        return batch
+
+    def _probs(self, batch: dict) -> np.ndarray:
+        parts = {}
+        if self.has_image:
+            parts["image_features"] = self.sessions["image"].run(None, {"image": batch["image"]})[0]
+        if self.has_text:
+            feeds = {k: batch[k] for k in ("input_ids", "attention_mask")}
+            parts["text_features"] = self.sessions["text"].run(None, feeds)[0]
+        logits = self.sessions["head"].run(None, parts)[0]
+        return 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+
+    # --- the pipeline ----------------------------------------------------------------------
+
+    def _prepared(self, sources, names, captions, batch_size: int, threads: int) -> Iterator[dict]:
+        """Each batch's inputs in order; up to `threads` + 1 next batches are prepared in
+        threads while the caller runs the model on the current one."""
+        with ThreadPoolExecutor(threads) as pool:
+            pending = deque()
+            for start in range(0, len(captions), batch_size):
+                window = slice(start, start + batch_size)
+                pending.append(pool.submit(self._prepare, sources[window], names[window],
+                                           captions[window]))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _run(self, sources, names, captions, batch_size: int, threads: int | None = None,
+             progress: bool = False) -> np.ndarray:
+        if len(captions) <= batch_size:  # one batch: no thread to hand it to
+            return self._probs(self._prepare(sources, names, captions))
+        batches = self._prepared(sources, names, captions, batch_size,
+                                 threads or self.decode_threads)
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, total=-(-len(captions) // batch_size), desc="predict")
+        return np.concatenate([self._probs(batch) for batch in batches])
+
+    def predict_probs(self, records, image_dir, batch_size: int = 32,
+                      num_workers: int | None = None, progress: bool = True) -> np.ndarray:
+        """Probabilities [rows, labels] for records (image ID and caption) in `image_dir`."""
+        folder = Path(image_dir or ".")
+        sources = [folder / r.image_id for r in records] if self.has_image else [None] * len(records)
+        names = [r.image_id for r in records]
+        captions = [r.caption for r in records]
+        if not records:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self._run(sources, names, captions, batch_size, num_workers, progress)
+
+    def predict(self, images=None, captions=None, batch_size: int = 32):
+        """Labels and probabilities for one image and its caption, or for lists of them (see
+        `captag.inference.predictor.Predictor.predict`)."""
+        single = is_single(images, captions)
+        images, captions = check_inputs(images, captions, self.has_image, self.has_text)
+        names = [f"image {i}" for i in range(len(captions))]
+        probs = self._run(images, names, captions, batch_size)
+        chosen = predict_labels(probs, self.threshold, self.at_least_one)
+        results = [result(p, c, self.labels, self.threshold) for p, c in zip(probs, chosen)]
+        return results[0] if single else results
+
+    # --- what it is ------------------------------------------------------------------------
+
+    def load_split(self) -> tuple[list[str], list[str]]:
+        """(train IDs, validation IDs) of the run the folder was exported from."""
+        path = self.path / "split.json"
+        if not path.is_file():
+            raise RunFolderError(f"{self.path} keeps no split.json: its run had none, so "
+                                 "--split cannot be used; evaluate without it.")
+        return load_split(path)
+
+    def info(self) -> dict:
+        """What the model is: labels, thresholds, sizes and where it comes from (the keys of
+        the run folder's `Predictor.info`)."""
+        spec = self.spec
+        return {
+            "format": f"{FORMAT}/{spec['format_version']}", "path": str(self.path),
+            "model": {**spec["model"], "engine": self.engine,
+                      "int8": spec["provenance"]["int8"], "graphs": spec["graphs"],
+                      "inputs": spec["inputs"]},
+            "labels": self.labels.as_list(), "threshold": self.threshold,
+            "at_least_one": self.at_least_one,
+            "thresholds": read_json(self.path / "thresholds.json", RunFolderError, "a JSON object"),
+            "sizes": spec["sizes"], "preprocessing": spec["preprocessing"],
+            "provenance": spec["provenance"],
+        }
