@@ -26,7 +26,7 @@ from torch import nn
 import captag
 from captag.data import read_records, resolve_image_dir
 from captag.data.images import open_image
-from captag.errors import ConfigError, OutputError
+from captag.errors import ConfigError, DataNotFoundError, OutputError
 from captag.evaluation.size import BYTES_PER_MB
 from captag.models import onnx
 from captag.models.fusion import FusionModel
@@ -96,6 +96,10 @@ def check_out(out) -> Path:
 
 def training_captions(run: RunFolder, cfg) -> list[str]:
     """The captions of the run's training split, read from the run's CSV."""
+    if not Path(cfg.csv).is_file():
+        raise DataNotFoundError(f"{cfg.csv} (the training CSV named in {run.config}) is not "
+                                "there: the vocabulary is shrunk to its captions' tokens. Run "
+                                "from the folder the run was trained in, or pass --full-vocab.")
     train_ids = set(run.load_split()[0]) if run.split.is_file() else None
     records = read_records(cfg.csv)
     return [r.caption for r in records if train_ids is None or r.image_id in train_ids]

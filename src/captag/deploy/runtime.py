@@ -183,14 +183,18 @@ class ExportedPredictor:
 
     def _run(self, sources, names, captions, batch_size: int, threads: int | None = None,
              progress: bool = False) -> np.ndarray:
+        """Probabilities in the order given; batches go by caption length (less padding)."""
         if len(captions) <= batch_size:  # one batch: no thread to hand it to
             return self._probs(self._prepare(sources, names, captions))
+        order = np.argsort([len(c) for c in captions], kind="stable")
+        sources, names, captions = ([seq[i] for i in order] for seq in (sources, names, captions))
         batches = self._prepared(sources, names, captions, batch_size,
                                  threads or self.decode_threads)
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(batches, total=-(-len(captions) // batch_size), desc="predict")
-        return np.concatenate([self._probs(batch) for batch in batches])
+        probs = np.concatenate([self._probs(batch) for batch in batches])
+        return probs[np.argsort(order)]
 
     def predict_probs(self, records, image_dir, batch_size: int = 32,
                       num_workers: int | None = None, progress: bool = True) -> np.ndarray:
