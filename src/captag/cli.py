@@ -141,20 +141,20 @@ def emit(args, result: dict, lines: list[str]) -> None:
         print("\n".join(lines))
 
 
-def _predictor(args):
-    """The predictor of RUN_DIR: an exported folder's (torch-free) or a run folder's."""
-    from captag.deploy import load_predictor
-    from captag.deploy.runtime import is_export
-    if is_export(args.run_dir):
-        return load_predictor(args.run_dir)
-    return load_predictor(args.run_dir, engine=args.engine)
+def _loader(args):
+    """Opens RUN_DIR: an exported folder (torch-free) or a run folder (with --engine)."""
+    from captag.deploy import is_export, load_predictor
+
+    def load(path):
+        return load_predictor(path) if is_export(path) else load_predictor(path, engine=args.engine)
+    return load
 
 
 def cmd_evaluate(args) -> int:
     from captag.inference.evaluate import evaluate_run
     result = evaluate_run(args.run_dir, args.csv, args.images, args.batch_size,
                           args.num_workers, args.engine, progress=not (args.quiet or args.json),
-                          split=args.split, predictor=_predictor(args))
+                          split=args.split, load=_loader(args))
     emit(args, result, evaluate_lines(result))
     return 0
 
@@ -173,11 +173,9 @@ def evaluate_lines(result: dict) -> list[str]:
 
 def cmd_predict(args) -> int:
     from captag.inference.evaluate import predict_run
-    from captag.inference.evaluate import check_output
-    check_output(args.output)
     result = predict_run(args.run_dir, args.csv, args.output, args.images, args.batch_size,
                          args.num_workers, args.engine, progress=not args.quiet,
-                         predictor=_predictor(args))
+                         load=_loader(args))
     print(f"wrote {result['rows']} predictions to {result['output']} "
           f"({result['samples_per_second']:.1f} samples/s)")
     return 0

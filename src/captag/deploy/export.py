@@ -31,7 +31,8 @@ from captag.evaluation.size import BYTES_PER_MB
 from captag.models import onnx
 from captag.models.fusion import FusionModel
 from captag.runs import RunFolder
-from captag.deploy.runtime import FORMAT, FORMAT_VERSION, MODEL_YAML, preprocess_image
+from captag.deploy import MODEL_YAML
+from captag.deploy.runtime import FORMAT, FORMAT_VERSION, preprocess_image
 
 IMAGE_QUANT = ("qdq", "qoperator", "dynamic", "fp32")
 DEFAULT_IMAGE_QUANT = "qdq"

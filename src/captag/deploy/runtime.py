@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from captag.data.images import open_image
 from captag.data.labels import LabelMap
 from captag.data.split import load_split
+from captag.deploy import MODEL_YAML
 from captag.errors import RunFolderError
 from captag.evaluation.metrics import load_thresholds, predict_labels
 from captag.files import read_json
@@ -30,13 +31,7 @@ from captag.inference.inputs import check_inputs, is_single, result
 
 FORMAT = "captag-export"
 FORMAT_VERSION = 1
-MODEL_YAML = "model.yaml"
 FILTERS = {"bilinear": Image.Resampling.BILINEAR}
-
-
-def is_export(path) -> bool:
-    """Whether `path` is an exported model folder (it holds model.yaml)."""
-    return (Path(path) / MODEL_YAML).is_file()
 
 
 def read_spec(folder: Path) -> dict:
@@ -118,9 +113,8 @@ class ExportedPredictor:
         self.threshold = load_thresholds(self.path / "thresholds.json")
         pre = self.spec["preprocessing"]
         self.at_least_one = bool(pre["at_least_one"])
-        self.threads, self.decode_threads = default_threads()
-        self.threads = threads or self.threads
-        self.decode_threads = decode_threads or self.decode_threads
+        cores_threads, cores_decode = default_threads()
+        self.threads, self.decode_threads = threads or cores_threads, decode_threads or cores_decode
         self.sessions = {part: session(self.path / name, self.threads)
                          for part, name in self.spec["graphs"].items()}
         self.has_image, self.has_text = "image" in self.sessions, "text" in self.sessions

@@ -22,10 +22,11 @@ from captag.evaluation.speed import Timer, throughput
 from captag.files import jsonable, write_text
 
 
-def _predictor(run_dir, engine: str, predictor):
-    """`predictor` when given (a run folder's or an exported folder's), else the run folder's."""
-    if predictor is not None:
-        return predictor
+def _predictor(run_dir, engine: str, load):
+    """`load(run_dir)` when given (e.g. `captag.deploy.load_predictor`, which also opens an
+    exported folder), else the run folder's Predictor."""
+    if load is not None:
+        return load(run_dir)
     from captag.inference.predictor import Predictor
     return Predictor(run_dir, engine)
 
@@ -58,15 +59,16 @@ def _only_split(records, wanted: set[str], split: str):
 
 def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_workers: int = 1,
                  engine: str = "auto", progress: bool = True, split: str | None = None,
-                 predictor=None) -> dict:
+                 load=None) -> dict:
     """Scores of the run's model with its tuned threshold on the labelled rows of `csv_path`,
     as strict-JSON-able values (a score that is NaN, e.g. the AP of a class without positives,
     is None).
 
     With `split` ('val' or 'train'), only the rows of that split of the run are scored.
-    `predictor` (e.g. `captag.deploy.load_predictor(path)`) replaces the run folder's.
+    `load` (e.g. `captag.deploy.load_predictor`) opens `run_dir` instead of the run folder's
+    Predictor.
     """
-    predictor = _predictor(run_dir, engine, predictor)
+    predictor = _predictor(run_dir, engine, load)
     wanted = _split_ids(predictor, split) if split else None
     records = read_records(csv_path, predictor.labels.ids)
     require_labels(records, csv_path, "evaluate")
@@ -126,10 +128,11 @@ def write_submission(path, image_ids, predicted: np.ndarray, labels: LabelMap) -
 
 def predict_run(run_dir, csv_path, output, images=None, batch_size: int = 32,
                 num_workers: int = 1, engine: str = "auto", progress: bool = True,
-                predictor=None) -> dict:
-    """Predict labels for every row of `csv_path` and write them as a submission to `output`."""
+                load=None) -> dict:
+    """Predict labels for every row of `csv_path` and write them as a submission to `output`
+    (`load`: as in `evaluate_run`)."""
     output = check_output(output)
-    predictor = _predictor(run_dir, engine, predictor)
+    predictor = _predictor(run_dir, engine, load)
     records = read_records(csv_path, predictor.labels.ids)
     image_dir = _image_dir(predictor, records, csv_path, images)
     with Timer() as timer:
