@@ -330,9 +330,9 @@ def _add_export_command(sub) -> None:
     p.add_argument("run_dir", help="a run folder written by captag train")
     p.add_argument("--out", required=True, help="new folder to write")
     p.add_argument("--int8", action="store_true", help="quantise the graphs to int8")
-    p.add_argument("--image-quant", choices=["qdq", "qoperator", "dynamic", "fp32"],
-                   default="qdq", help="how --int8 treats the image graph (default: static QDQ "
-                                       "calibrated on 200 training images)")
+    p.add_argument("--image-quant", choices=["qoperator", "qdq", "dynamic", "fp32"],
+                   default="qoperator", help="how --int8 treats the image graph (default: static, "
+                                             "QOperator format, calibrated on 200 training images)")
     p.add_argument("--full-vocab", action="store_true",
                    help="keep the whole vocabulary (default: only the training captions' tokens)")
     p.add_argument("--json", action="store_true", help="print model.yaml as JSON")

@@ -35,7 +35,7 @@ from captag.deploy import MODEL_YAML
 from captag.deploy.runtime import FORMAT, FORMAT_VERSION, preprocess_image
 
 IMAGE_QUANT = ("qdq", "qoperator", "dynamic", "fp32")
-DEFAULT_IMAGE_QUANT = "qdq"
+DEFAULT_IMAGE_QUANT = "qoperator"
 CALIBRATION_IMAGES = 200
 
 
