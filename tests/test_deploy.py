@@ -61,7 +61,7 @@ def test_the_folder_holds_graphs_tokenizer_and_model_yaml(exported, frozen_run):
     assert pre["image_size"] == 224 and pre["resize_filter"] == "bilinear"
     assert len(pre["mean"]) == 3 and pre["max_length"] == 64 and pre["at_least_one"] is True
     assert spec["inputs"]["text"] == ["input_ids", "attention_mask"]
-    assert spec["sizes"]["parameters"] > 0 and spec["sizes"]["model_mb"] > 0
+    assert spec["sizes"]["parameters"] > 0 and 0 < spec["sizes"]["model_mb"] < spec["sizes"]["folder_mb"]
     prov = spec["provenance"]
     assert prov["run"] == str(frozen_run.resolve()) and prov["int8"] is False
     assert prov["val_f1_samples"] is not None and prov["config"]["model"] == "fusion"

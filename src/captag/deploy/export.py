@@ -221,6 +221,8 @@ def _spec(run: RunFolder, cfg, model: FusionModel, folder: Path, graphs: dict, p
         "graphs": graphs, "inputs": {p: inputs[p] for p in graphs}, "outputs": {"head": "logits"},
         "preprocessing": pre,
         "sizes": {"graphs_mb": graph_mb, "model_mb": round(sum(graph_mb.values()), 2),
+                  "folder_mb": round(sum(p.stat().st_size for p in folder.iterdir())
+                                     / BYTES_PER_MB, 2),
                   "parameters": total, "parameters_by_part": parameters,
                   "parameter_mb_fp32": round(total * 4 / BYTES_PER_MB, 2)},
         "provenance": {"run": str(run.path.resolve()), "config": cfg.to_dict(),
