@@ -212,6 +212,10 @@ class ExportedPredictor:
         results = [result(p, c, self.labels, self.threshold) for p, c in zip(probs, chosen)]
         return results[0] if single else results
 
+    def caption_truncated(self, caption: str) -> bool:
+        """Whether the model reads only the first `max_length` tokens of the caption."""
+        return self.has_text and bool(self.tokenizer.encode(caption).overflowing)
+
     # --- what it is ------------------------------------------------------------------------
 
     def load_split(self) -> tuple[list[str], list[str]]:
