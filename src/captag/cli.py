@@ -185,14 +185,19 @@ def cmd_models(args) -> int:
 
 def _study_config(args) -> RunConfig:
     """The study's base settings: --mode sets both encoders frozen or trained whole (frozen
-    unless a --config file sets the trainable stages); a given --lr sets head_lr too."""
+    unless a --config file sets the trainable stages); frozen runs train to convergence
+    (study.FROZEN's epochs and patience, unless given); a given --lr sets head_lr too."""
     from captag.config import read_yaml
-    given = read_yaml(args.config) if args.config else {}
+    from captag.experiments.study import FROZEN
+    given = {**(read_yaml(args.config) if args.config else {}),
+             **{k: v for k, v in config_overrides(args).items() if v is not None}}
     cfg = _base_config(args)
     mode = args.mode or ("file" if {"image_trainable", "text_trainable"} & set(given) else "frozen")
     if mode != "file":
         trainable = 0 if mode == "frozen" else -1
         cfg = cfg.update(image_trainable=trainable, text_trainable=trainable)
+    if mode == "frozen":
+        cfg = cfg.update(**{k: v for k, v in FROZEN.items() if k not in given})
     if args.lr is not None and args.head_lr is None:
         cfg = cfg.update(head_lr=args.lr)
     return cfg
