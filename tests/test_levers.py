@@ -1,6 +1,7 @@
 """The quality levers of a run: ASL, the EMA of the weights, min_steps, early stopping and the
 time limit, each a setting with its effect checked on the real mini data."""
 
+import dataclasses
 import json
 
 import pytest
@@ -59,11 +60,13 @@ def test_the_schedule_follows_the_time_budget_when_it_runs_ahead_of_the_steps():
 
 
 def test_min_steps_gives_small_data_more_epochs_and_leaves_big_data_alone():
-    cfg = RunConfig(epochs=3, batch_size=32, val_fraction=0.2, min_steps=300)
+    cfg = RunConfig(batch_size=32, val_fraction=0.2)
+    assert (cfg.epochs, cfg.min_steps) == (None, 300)
     assert planned_epochs(cfg, 1000, 1) == 12  # 800 rows: 25 steps an epoch
     assert planned_epochs(cfg, 18000, 1) == 3  # 450 steps an epoch
     assert planned_epochs(cfg, 1000, 2) == 24  # 13 steps an epoch on each of 2 processes
     assert planned_epochs(cfg.update(min_steps=0), 1000, 1) == 3
+    assert planned_epochs(cfg.update(epochs=2), 1000, 1) == 2  # given epochs are kept
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,8 @@ def small(tmp_path_factory):
 
 def _train(tmp_path, cache_dir, small, **settings):
     from captag.training.trainer import train
-    cfg = frozen_config(cache_dir, csv=str(small), images=str(MINI.parent / "data"), **settings)
+    cfg = frozen_config(cache_dir, csv=str(small), images=str(MINI.parent / "data"))
+    cfg = dataclasses.replace(cfg, **settings)  # (update ignores None: epochs=None is "unset")
     summary = train(cfg, tmp_path / "run", progress=False)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     return summary, rows
@@ -81,7 +85,7 @@ def _train(tmp_path, cache_dir, small, **settings):
 
 def test_min_steps_and_early_stopping_set_how_long_a_run_trains(tmp_path, cache_dir, small):
     # 240 training rows in batches of 32: 8 steps an epoch, so 40 steps take 5 epochs
-    summary, rows = _train(tmp_path, cache_dir, small, epochs=2, min_steps=40, head_lr=1e-5)
+    summary, rows = _train(tmp_path, cache_dir, small, epochs=None, min_steps=40, head_lr=1e-5)
     assert len(rows) == summary["epochs_planned"] == summary["epochs_run"] == 5
     assert not summary["stopped_early"]
 

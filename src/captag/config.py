@@ -23,6 +23,7 @@ from captag.errors import ConfigError, DataNotFoundError
 
 SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("bce", "asl")
+DEFAULT_EPOCHS = 3
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -63,9 +64,10 @@ class RunConfig:
                               "map (CSRA, Zhu and Wu 2021); 0: the seed's pooled head", low=0)
     csra_temperature: float = option(0.0, "CSRA softmax temperature over map locations; 0: "
                                           "max pooling (infinite temperature)", low=0)
-    epochs: int = option(3, "training epochs (at least; see min_steps)", low=1)
-    min_steps: int = option(0, "least optimiser steps: small data gets more epochs than "
-                               "`epochs` (0: exactly `epochs`)", low=0)
+    epochs: int | None = option(None, f"training epochs (default: {DEFAULT_EPOCHS}, or more on "
+                                      "small data, to take min_steps optimiser steps)", low=1)
+    min_steps: int = option(300, "with epochs unset, the least optimiser steps: small data gets "
+                                 f"more than {DEFAULT_EPOCHS} epochs", low=0)
     patience: int = option(0, "stop after this many epochs without a better validation "
                               "samples-F1 (0: never stop early)", low=0)
     time_limit: str | None = option(None, "training time budget, e.g. 20m, 1h, 90s: the learning "

@@ -49,7 +49,7 @@ def run_name(cfg: RunConfig) -> str:
         model = f"{model}-" + "+".join(n for n in (image, text) if n)
     stop = f"-es{cfg.patience}" if cfg.patience else ""
     return (f"{model.replace('/', '_')}-{mode_of(cfg)}-bs{cfg.batch_size}-lr{cfg.lr:g}"
-            f"-hlr{cfg.head_lr:g}-ep{cfg.epochs}{stop}")
+            f"-hlr{cfg.head_lr:g}-ep{cfg.epochs or 'auto'}{stop}")
 
 
 def with_point(cfg: RunConfig, point: dict) -> RunConfig:

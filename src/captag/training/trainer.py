@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import move_data_to_device
 
-from captag.config import RunConfig, seconds
+from captag.config import DEFAULT_EPOCHS, RunConfig, seconds
 from captag.data import LabelMap, read_records, resolve_image_dir, split_ids
 from captag.data.images import screen_images
 from captag.data.records import require_labels
@@ -124,12 +124,13 @@ FINISH_SHARE = 0.05  # of a time budget, kept for scoring and saving after fitti
 
 
 def planned_epochs(cfg: RunConfig, n_records: int, world_size: int) -> int:
-    """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""
-    if not cfg.min_steps:
+    """`epochs` when set; else DEFAULT_EPOCHS, raised so that training takes at least
+    `min_steps` optimiser steps on `n_records` rows."""
+    if cfg.epochs is not None:
         return cfg.epochs
     train_rows = n_records - round(n_records * cfg.val_fraction)
     steps = max(math.ceil(train_rows / (cfg.batch_size * world_size)), 1)
-    return max(cfg.epochs, math.ceil(cfg.min_steps / steps))
+    return max(DEFAULT_EPOCHS, math.ceil(cfg.min_steps / steps))
 
 
 def fit_budget(cfg: RunConfig, started: float) -> float | None:
@@ -149,7 +150,7 @@ def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate
     if cfg.patience and validate:
         extra.append(EarlyStopping("val_f1_samples", mode="max", patience=cfg.patience))
     return L.Trainer(
-        max_epochs=cfg.epochs, max_time=datetime.timedelta(seconds=budget) if budget else None,
+        max_epochs=cfg.epochs or DEFAULT_EPOCHS, max_time=datetime.timedelta(seconds=budget) if budget else None,
         accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision, deterministic=False, num_sanity_val_steps=0,
