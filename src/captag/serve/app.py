@@ -52,7 +52,7 @@ def create_app(model: ServedModel, settings: Settings = Settings()) -> FastAPI:
     app = FastAPI(title="captag", version=__version__, lifespan=lifespan,
                   description="Labels for a photo and its caption (18 COCO labels).",
                   form_limits={"max_part_size": MAX_CAPTION_BYTES})
-    app.state.model, app.state.batcher = model, batcher
+    app.state.model, app.state.batcher, app.state.settings = model, batcher, settings
     app.add_middleware(UploadLimit, max_bytes=int(settings.max_upload_mb * 2**20),
                        message=f"The request is over the {settings.max_upload_mb:g} MB upload "
                                "limit: send a smaller photo.")
@@ -103,8 +103,10 @@ async def health() -> dict:
 
 @router.get("/info", response_model=Info)
 async def info(request: Request) -> dict:
-    """The model, its labels, thresholds, sizes and where it came from."""
-    return request.app.state.model.info()
+    """The model, its labels, thresholds, sizes and where it came from; the server's limits."""
+    limits = {"max_upload_mb": request.app.state.settings.max_upload_mb,
+              "max_batch_items": MAX_ITEMS, "max_caption_bytes": MAX_CAPTION_BYTES}
+    return {**request.app.state.model.info(), "limits": limits}
 
 
 @router.get("/", include_in_schema=False)

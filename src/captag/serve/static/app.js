@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const form = $("form"), input = $("image"), drop = $("drop"), preview = $("preview");
+let maxUploadMb = null;  // the server's limit, from /info
 
 function showPhoto(file) {
   if (!file) return;
@@ -63,6 +64,10 @@ async function predict(event) {
   const file = input.files[0], caption = $("caption").value.trim();
   if (!file) return showError("Choose a photo first.");
   if (!caption) return showError("Type a caption for the photo.");
+  if (maxUploadMb && file.size > maxUploadMb * 2 ** 20) {
+    return showError(`The photo is ${(file.size / 2 ** 20).toFixed(1)} MB, over the server's ` +
+      `${maxUploadMb} MB upload limit: choose a smaller one.`);
+  }
   const body = new FormData();
   body.append("image", file);
   body.append("caption", caption);
@@ -81,6 +86,18 @@ async function predict(event) {
   }
 }
 
+async function loadLimits() {
+  try {
+    const info = await (await fetch("/info")).json();
+    maxUploadMb = info.limits.max_upload_mb;
+    $("image-help").textContent = `Tab here and press Space to pick a file. JPEG, PNG, WebP and ` +
+      `other formats, up to ${maxUploadMb} MB. The model: ${info.model}, ${info.labels.length} labels.`;
+  } catch (error) {
+    showError(`Could not reach the server (${error.message}).`);
+  }
+}
+
+loadLimits();
 input.addEventListener("change", () => showPhoto(input.files[0]));
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
