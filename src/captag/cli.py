@@ -254,7 +254,7 @@ def _add_serve_command(sub) -> None:
                    help="largest request body, in MB (default: %(default)s)")
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0,
                    help="how long a request may wait for others to share its batch (default: %(default)s)")
-    p.add_argument("--max-batch-size", type=int, default=32,
+    p.add_argument("--max-batch-size", type=int, default=16,
                    help="most items in one model call (default: %(default)s)")
     p.set_defaults(func=cmd_serve)
 

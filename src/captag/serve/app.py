@@ -37,7 +37,7 @@ FIELDS = {"/predict": "send the photo in the multipart field 'image' and its cap
 class Settings:
     max_upload_mb: float = 10.0
     max_batch_wait_ms: float = 5.0
-    max_batch_size: int = 32
+    max_batch_size: int = 16
 
 
 def create_app(model: ServedModel, settings: Settings = Settings()) -> FastAPI:

@@ -41,6 +41,7 @@ function render(answer) {
   truncated.hidden = !answer.caption_truncated;
   truncated.textContent = answer.caption_truncated
     ? "The caption is longer than the model reads: only its beginning was used." : "";
+  $("legend").hidden = false;
   const rows = Object.entries(answer.probabilities).sort((a, b) => b[1] - a[1]);
   $("bars").replaceChildren(...rows.map(([name, p]) => bar(name, p, answer.threshold, chosen.has(name))));
 }
