@@ -104,6 +104,12 @@ def wait_healthy(url: str, timeout_s: float = 120) -> None:
     raise SystemExit(f"{url} did not answer /health within {timeout_s:.0f} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -117,7 +123,9 @@ def measure(args) -> dict:
         memory = PeakMemory(server.pid)
         memory.start()
         asyncio.run(send_all(url, items, args.warmup, args.concurrency))
+        before, cpu = httpx.get(url + "health").json(), cpu_seconds(server.pid)
         latencies, errors, wall = asyncio.run(send_all(url, items, args.requests, args.concurrency))
+        after, cpu = httpx.get(url + "health").json(), cpu_seconds(server.pid) - cpu
         memory.stop.set()
         memory.join()
     finally:
@@ -127,7 +135,9 @@ def measure(args) -> dict:
         "folder": args.folder, "requests": args.requests, "concurrency": args.concurrency,
         "max_batch_wait_ms": args.max_batch_wait_ms, "max_batch_size": args.max_batch_size,
         "errors": len(errors), "error_examples": errors[:5],
+        "mean_batch": round((after["items"] - before["items"]) / max(1, after["batches"] - before["batches"]), 1),
         "requests_per_second": round(args.requests / wall, 1), "seconds": round(wall, 2),
+        "server_cpu_ms_per_request": round(1000 * cpu / args.requests, 1),
         "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
         "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
         "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
@@ -143,7 +153,9 @@ def table(result: dict) -> str:
             ("p50 latency (ms)", result["p50_ms"], ""),
             ("p95 latency (ms)", result["p95_ms"], "<= 500"),
             ("p99 latency (ms)", result["p99_ms"], ""),
-            ("server peak RSS (MB)", result["server_peak_rss_mb"], "<= 1024")]
+            ("server peak RSS (MB)", result["server_peak_rss_mb"], "<= 1024"),
+            ("mean items per model call", result["mean_batch"], ""),
+            ("server CPU time per request (ms)", result["server_cpu_ms_per_request"], "")]
     lines = [f"{result['requests']} requests at concurrency {result['concurrency']} "
              f"({result['cpus']} CPUs, batch wait {result['max_batch_wait_ms']} ms, "
              f"batch size {result['max_batch_size']})", "",

@@ -97,8 +97,10 @@ async def predict_batch(
 
 
 @router.get("/health", response_model=Health)
-async def health() -> dict:
-    return {"status": "ok"}
+async def health(request: Request) -> dict:
+    """The server is up; how many model calls it made, for how many items."""
+    batcher: MicroBatcher = request.app.state.batcher
+    return {"status": "ok", "batches": batcher.batches, "items": batcher.items}
 
 
 @router.get("/info", response_model=Info)

@@ -34,6 +34,7 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self.batches = self.items = 0  # model calls made, items predicted
 
     async def submit(self, images: list, captions: list[str]) -> list:
         """The results for these items, in order, once their batches have run."""
@@ -84,6 +85,7 @@ class MicroBatcher:
                                                  [i.image for i in live], [i.caption for i in live])
         except Exception as error:
             results = [error] * len(live)
+        self.batches, self.items = self.batches + 1, self.items + len(live)
         for item, result in zip(live, results):
             if item.future.done():
                 continue

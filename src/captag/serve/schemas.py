@@ -35,6 +35,8 @@ class Problem(BaseModel):
 
 class Health(BaseModel):
     status: str = "ok"
+    batches: int = Field(description="model calls made since the server started")
+    items: int = Field(description="items predicted in them")
 
 
 Info = dict[str, Any]

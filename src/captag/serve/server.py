@@ -1,7 +1,7 @@
 """`captag serve`: load and check the model once, bind the socket, then run uvicorn on it.
 
 A bad folder or setting, or a port in use, stops before anything listens (a CaptagError: one
-line, exit 2). The first prediction runs before binding, so the first request is not slow.
+line, exit 2). The model's first prediction runs before binding, so the first request is not slow.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-
-from PIL import Image
 
 from captag.errors import ConfigError
 from captag.serve.app import MAX_ITEMS, Settings, create_app
@@ -23,7 +21,6 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
     check_settings(port, settings)
     model = ServedModel.load(path)
-    model.predict([Image.new("RGB", (64, 64), "gray")], ["warm-up"])
     sock = bind(host, port)
     name = f"[{host}]" if ":" in host else host
     print(f"captag: serving {path} at http://{name}:{sock.getsockname()[1]}/ (API docs at /docs; "
