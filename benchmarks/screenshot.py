@@ -1,6 +1,6 @@
 """A screenshot of the `captag serve` page with a prediction, for the README: docs/serve.png.
 
-    python benchmarks/screenshot.py RUN_OR_EXPORT_DIR [--row 3] [--out docs/serve.png]
+    python benchmarks/screenshot.py RUN_OR_EXPORT_DIR [--row 10] [--out docs/serve.png]
 
 Starts `captag serve` on a free loopback port, opens the page in headless Chromium (Debian
 `chromium` and `chromium-driver`, through Selenium), picks the photo of a mini.csv row, types its
@@ -52,7 +52,7 @@ def capture(url: str, photo: Path, caption: str, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="a run folder or an exported one")
-    parser.add_argument("--row", type=int, default=3, help="which mini.csv row to show")
+    parser.add_argument("--row", type=int, default=10, help="which mini.csv row to show")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "serve.png"))
     args = parser.parse_args()
     from captag.data import read_records

@@ -29,7 +29,7 @@ function percent(p) {
 function render(answer) {
   const chosen = new Set(answer.labels.map((label) => label.name));
   const names = answer.labels.map((label) => label.name).join(", ") || "none";
-  $("summary").textContent = `Predicted labels: ${names} (threshold ${answer.threshold.toFixed(2)}, ` +
+  $("summary").textContent = `Predicted labels: ${names} (threshold ${answer.threshold.toFixed(3)}, ` +
     `${Math.round(answer.time_ms)} ms).`;
   $("predicted").replaceChildren(...answer.labels.map((label) => {
     const item = document.createElement("li");
@@ -54,8 +54,8 @@ function bar(name, p, threshold, yes) {
     `<span class="mark" style="left: ${percent(threshold)}" title="threshold"></span></span>` +
     `<span class="value"></span>`;
   row.querySelector(".name").textContent = name;
-  row.querySelector(".value").textContent = p.toFixed(2);
-  row.setAttribute("aria-label", `${name}: ${p.toFixed(2)}${yes ? ", predicted" : ""}`);
+  row.querySelector(".value").textContent = p.toFixed(3);
+  row.setAttribute("aria-label", `${name}: ${p.toFixed(3)}${yes ? ", predicted" : ""}`);
   return row;
 }
 
