@@ -113,12 +113,12 @@ def test_an_overlong_caption_is_truncated_and_said_so(client, served):
 BAD = {
     "not an image named .jpg": (dict(image=b"GIF? no, just text", filename="cat.jpg"), 415, "not an image"),
     "a script named .png": (dict(image=b"#!/bin/sh\nrm -rf /\n", filename="x.png"), 415, "not an image"),
-    "an empty file": (dict(image=b""), 422, "empty file"),
+    "an empty file": (dict(image=b""), 422, "image: the file is empty"),
     "a truncated JPEG": (dict(image=JPEG[: len(JPEG) // 2]), 422, "truncated"),
     "a decompression bomb": (dict(image=png_of_size(30000, 30000)), 422, "too large"),
     "a bomb under Pillow's error size": (dict(image=png_of_size(10000, 10000)), 422, "pixels"),
     "an empty caption": (dict(caption=""), 422, "caption"),
-    "a blank caption": (dict(caption="   \n "), 422, "caption of image is empty"),
+    "a blank caption": (dict(caption="   \n "), 422, "caption: the caption is empty"),
     "a client-named path": (dict(image=b"/etc/passwd", filename="/etc/passwd"), 415, "not an image"),
 }
 
@@ -153,8 +153,11 @@ def test_bad_batches_are_refused(client):
         files[min(1, n_images - 1)] = ("images", ("b.jpg", image, "image/jpeg"))
         return client.post("/predict/batch", files=files, data={"captions": ["a bus"] * n_captions})
     for answer, words in [(batch(65, 65), "at most 64"), (batch(3, 2), "3 images but 2 captions"),
-                          (batch(3, 3, b"text"), "images[1] is not an image")]:
+                          (batch(3, 3, b"text"), "images[1]: not an image")]:
         assert answer.status_code in (415, 422) and words in answer.json()["detail"], answer.text
+    blank = client.post("/predict/batch", files=[("images", ("a.jpg", JPEG))] * 3,
+                        data={"captions": ["a bus", "a car", " "]})
+    assert blank.status_code == 422 and "captions[2]: the caption is empty" in blank.json()["detail"]
     assert client.post("/predict/batch", files={"image": ("a.jpg", JPEG)},
                        data={"caption": "x"}).status_code == 422
     assert batch(64, 64).status_code == 200

@@ -72,7 +72,7 @@ async def predict(request: Request,
                   caption: Annotated[str, Form(description="its caption")]) -> dict:
     """Labels and every label's probability for one photo and its caption."""
     start = time.perf_counter()
-    results = await _predict(request, [await image.read()], [caption], ["image"])
+    results = await _predict(request, [await image.read()], [caption], [("image", "caption")])
     return {**results[0], "time_ms": _ms_since(start)}
 
 
@@ -92,7 +92,7 @@ async def predict_batch(
         raise HTTPException(422, f"{len(images)} images but {len(captions)} captions: send one "
                                  "caption per image, in the same order.")
     data = [await image.read() for image in images]
-    names = [f"images[{i}]" for i in range(len(data))]
+    names = [(f"images[{i}]", f"captions[{i}]") for i in range(len(data))]
     return {"results": await _predict(request, data, captions, names), "time_ms": _ms_since(start)}
 
 
@@ -117,7 +117,7 @@ async def page() -> FileResponse:
 
 
 async def _predict(request: Request, data: list[bytes], captions: list[str],
-                   names: list[str]) -> list[dict]:
+                   names: list[tuple[str, str]]) -> list[dict]:
     """Decode and check the items off the event loop, then predict them through the batcher."""
     model: ServedModel = request.app.state.model
     items = await run_in_threadpool(_prepare, model, data, captions, names)
@@ -127,14 +127,14 @@ async def _predict(request: Request, data: list[bytes], captions: list[str],
 
 
 def _prepare(model: ServedModel, data: list[bytes], captions: list[str],
-             names: list[str]) -> list[tuple]:
-    """(decoded image, caption truncated?) per item; HTTPException naming the first bad one."""
+             names: list[tuple[str, str]]) -> list[tuple]:
+    """(decoded image, caption truncated?) per item; HTTPException naming the first bad field."""
     items = []
-    for blob, caption, name in zip(data, captions, names):
+    for blob, caption, (image_name, caption_name) in zip(data, captions, names):
         if not caption.strip():
-            raise HTTPException(422, f"The caption of {name} is empty: describe the photo in a "
-                                     "few words.")
-        items.append((decode_image(blob, name), model.caption_truncated(caption.strip())))
+            raise HTTPException(422, f"{caption_name}: the caption is empty; describe the photo "
+                                     "in a few words.")
+        items.append((decode_image(blob, image_name), model.caption_truncated(caption.strip())))
     return items
 
 

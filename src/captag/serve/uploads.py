@@ -24,27 +24,27 @@ from captag.data.images import open_image
 def decode_image(data: bytes, name: str = "image") -> Image.Image:
     """The RGB image in `data`, fully decoded; HTTPException (4xx) naming `name` otherwise."""
     if not data:
-        raise HTTPException(422, f"{name} is an empty file: upload a photo (JPEG, PNG, ...).")
+        raise HTTPException(422, f"{name}: the file is empty; upload a photo (JPEG, PNG, ...).")
     try:
         with Image.open(io.BytesIO(data)) as image:
             _check_pixels(image, name)
             image.load()
             return open_image(image, name)
     except UnidentifiedImageError:
-        raise HTTPException(415, f"{name} is not an image that Pillow can read: upload a "
-                                 "photo (JPEG, PNG, WebP, ...).") from None
+        raise HTTPException(415, f"{name}: not an image that Pillow can read; upload a photo "
+                                 "(JPEG, PNG, WebP, ...).") from None
     except Image.DecompressionBombError as error:
-        raise HTTPException(422, f"{name} is too large to decode ({error}).") from None
+        raise HTTPException(422, f"{name}: too large to decode ({error}).") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise HTTPException(422, f"{name} is damaged or truncated ({error}).") from None
+        raise HTTPException(422, f"{name}: the image is damaged or truncated ({error}).") from None
 
 
 def _check_pixels(image: Image.Image, name: str) -> None:
     width, height = image.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit and width * height > limit:
-        raise HTTPException(422, f"{name} is {width} x {height} pixels, more than the "
-                                 f"{limit:,} this server decodes (a decompression bomb?).")
+        raise HTTPException(422, f"{name}: {width} x {height} pixels, more than the {limit:,} "
+                                 "this server decodes (a decompression bomb?).")
 
 
 class UploadLimit:
