@@ -7,7 +7,10 @@ the bytes streamed in pass the limit. Every refusal is JSON `{"detail": "what wa
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,6 @@ from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, Uplo
 from fastapi.exceptions import RequestValidationError, StarletteHTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 
 from captag import __version__
 from captag.serve.batcher import MicroBatcher
@@ -28,6 +30,7 @@ from captag.serve.uploads import UploadLimit, decode_image
 STATIC = Path(__file__).parent / "static"
 MAX_ITEMS = 64  # items in one /predict/batch request
 MAX_CAPTION_BYTES = 100_000  # a longer text field is refused (400) while the form is parsed
+DECODE_THREADS = min(4, os.cpu_count() or 1)  # photos decoded at once (bounds their memory)
 FIELDS = {"/predict": "send the photo in the multipart field 'image' and its caption in 'caption'",
           "/predict/batch": "send each photo in a multipart field 'images' and each caption in a "
                             "field 'captions', in the same order"}
@@ -53,6 +56,7 @@ def create_app(model: ServedModel, settings: Settings = Settings()) -> FastAPI:
                   description="Labels for a photo and its caption (18 COCO labels).",
                   form_limits={"max_part_size": MAX_CAPTION_BYTES})
     app.state.model, app.state.batcher, app.state.settings = model, batcher, settings
+    app.state.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="captag-decode")
     app.add_middleware(UploadLimit, max_bytes=int(settings.max_upload_mb * 2**20),
                        message=f"The request is over the {settings.max_upload_mb:g} MB upload "
                                "limit: send a smaller photo.")
@@ -119,10 +123,11 @@ async def page() -> FileResponse:
 async def _predict(request: Request, data: list[bytes], captions: list[str],
                    names: list[tuple[str, str]]) -> list[dict]:
     """Decode and check the items off the event loop, then predict them through the batcher."""
-    model: ServedModel = request.app.state.model
-    items = await run_in_threadpool(_prepare, model, data, captions, names)
+    state = request.app.state
+    items = await asyncio.get_running_loop().run_in_executor(
+        state.decoder, _prepare, state.model, data, captions, names)
     images, truncated = [i for i, _ in items], [t for _, t in items]
-    results = await request.app.state.batcher.submit(images, [c.strip() for c in captions])
+    results = await state.batcher.submit(images, [c.strip() for c in captions])
     return [{**result, "caption_truncated": cut} for result, cut in zip(results, truncated)]
 
 

@@ -3,7 +3,6 @@ exported folder's runtime), with the truncation check and the `info()` that the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from PIL import Image
@@ -27,10 +26,9 @@ class ServedModel:
     @classmethod
     def load(cls, path: str | Path) -> "ServedModel":
         """The model of the folder, warmed up by a first prediction (which builds its ONNX
-        Runtime session), with torch's own ops then on one thread."""
+        Runtime session)."""
         model = cls(_load(path), path)
         model.predict([Image.new("RGB", (64, 64), "gray")], ["warm-up"])
-        _one_torch_thread()
         return model
 
     def predict(self, images: list, captions: list[str]) -> list[dict]:
@@ -70,11 +68,3 @@ class ServedModel:
             "provenance": {"source": self.source, "kind": "run folder", "engine": predictor.engine},
         }
 
-
-def _one_torch_thread() -> None:
-    """The per-image tensor ops of a run folder's Predictor (to float, normalise) on one thread:
-    on two busy cores, OpenMP's synchronisation made them about 30 times slower than the ops
-    themselves. ONNX Runtime keeps the threads its session was built with."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
