@@ -16,7 +16,7 @@ from PIL import Image
 
 from captag.cli import main
 from captag.data import read_records
-from captag.errors import ConfigError
+from captag.errors import ConfigError, InputError
 from captag.serve.app import Settings, create_app
 from captag.serve.batcher import MicroBatcher
 from captag.serve.model import ServedModel
@@ -235,6 +235,22 @@ def test_concurrent_requests_are_batched(served):
     assert sum(counting.calls) == 16 and len(counting.calls) < 16, counting.calls
     assert app.state.batcher.batches == len(counting.calls)
     assert counting.types == {Image.Image}  # images reach the model decoded, never as paths
+
+
+class Failing(ServedModel):
+    """A model that refuses a caption (as a predictor may) or fails (a bug)."""
+
+    def predict(self, images, captions):
+        if captions[0] == "refused":
+            raise InputError("Caption 0 is refused.")
+        raise RuntimeError("a bug")
+
+
+def test_a_predictor_error_is_json(served):
+    with TestClient(create_app(Failing(served.predictor)), raise_server_exceptions=False) as client:
+        refused, failed = post(client, caption="refused"), post(client, caption="a bus")
+    assert (refused.status_code, refused.json()["detail"]) == (422, "Caption 0 is refused.")
+    assert failed.status_code == 500 and "RuntimeError" in failed.json()["detail"]
 
 
 def test_the_batcher_joins_waits_and_passes_errors():

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from captag import __version__
+from captag.errors import CaptagError
 from captag.serve.batcher import MicroBatcher
 from captag.serve.model import ServedModel
 from captag.serve.schemas import ERRORS, BatchResponse, Health, Info, PredictResponse
@@ -62,6 +63,8 @@ def create_app(model: ServedModel, settings: Settings = Settings()) -> FastAPI:
                                "limit: send a smaller photo.")
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(CaptagError, _input_error)
+    app.add_exception_handler(Exception, _server_error)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
@@ -155,6 +158,15 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     problems = [_problem(e) for e in error.errors()]
     hint = FIELDS.get(request.url.path, "")
     return JSONResponse({"detail": "; ".join(problems) + (f" ({hint})." if hint else ".")}, 422)
+
+
+async def _input_error(request: Request, error: CaptagError) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, 422)
+
+
+async def _server_error(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"The server failed on this request ({type(error).__name__}); "
+                                   "this is a bug in captag, not in the request."}, 500)
 
 
 def _problem(error: dict) -> str:

@@ -75,7 +75,7 @@ async function predict(event) {
   $("submit").disabled = true;
   $("results").setAttribute("aria-busy", "true");
   try {
-    const response = await fetch("/predict", { method: "POST", body });
+    const response = await fetch("predict", { method: "POST", body });
     const answer = await response.json().catch(() => ({ detail: `The server answered ${response.status}.` }));
     if (!response.ok) return showError(answer.detail || `The server answered ${response.status}.`);
     render(answer);
@@ -89,7 +89,7 @@ async function predict(event) {
 
 async function loadLimits() {
   try {
-    const info = await (await fetch("/info")).json();
+    const info = await (await fetch("info")).json();
     maxUploadMb = info.limits.max_upload_mb;
     $("image-help").textContent = `Tab here and press Space to pick a file. JPEG, PNG, WebP and ` +
       `other formats, up to ${maxUploadMb} MB. The model: ${info.model}, ${info.labels.length} labels.`;
