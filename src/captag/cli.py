@@ -240,7 +240,8 @@ def cmd_serve(args) -> int:
     from captag.serve.app import Settings
     from captag.serve.server import serve
     return serve(args.folder, args.host, args.port,
-                 Settings(args.max_upload_mb, args.max_batch_wait_ms, args.max_batch_size))
+                 Settings(args.max_upload_mb, args.max_batch_wait_ms, args.max_batch_size),
+                 verbose=args.verbose)
 
 
 def _add_serve_command(sub) -> None:

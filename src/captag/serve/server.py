@@ -16,8 +16,9 @@ from captag.serve.model import ServedModel
 
 
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          settings: Settings = Settings()) -> int:
-    """Serve the run (or exported) folder at http://host:port/ until interrupted."""
+          settings: Settings = Settings(), verbose: bool = False) -> int:
+    """Serve the run (or exported) folder at http://host:port/ until interrupted (with
+    `verbose`, uvicorn logs each request)."""
     import uvicorn
     check_settings(port, settings)
     model = ServedModel.load(path)
@@ -26,7 +27,8 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     name = f"[{host}]" if ":" in host else host
     print(f"captag: serving {path} at http://{name}:{sock.getsockname()[1]}/ (API docs at /docs; "
           "Ctrl+C stops)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_app(model, settings), log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(model, settings), log_level="info" if verbose else "warning",
+                            access_log=verbose)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
