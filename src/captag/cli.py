@@ -1,4 +1,4 @@
-"""The `captag` command line: train, evaluate and predict, the study commands, and the model list.
+"""The `captag` command line: train, evaluate and predict, the study commands, the model list, serve.
 
 Settings are checked before anything heavy is imported, so a wrong value stops in well under a
 second. captag's own errors print as one line (exit 2); anything else is a bug and shows its
@@ -241,6 +241,30 @@ def cmd_study(args) -> int:
     return _study_run(args, study, max_mb=args.max_mb)
 
 
+def cmd_serve(args) -> int:
+    from captag.serve.app import Settings
+    from captag.serve.server import serve
+    return serve(args.folder, args.host, args.port,
+                 Settings(args.max_upload_mb, args.max_batch_wait_ms, args.max_batch_size),
+                 verbose=args.verbose)
+
+
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API and a web page")
+    _common(p)
+    p.add_argument("folder", metavar="RUN_OR_EXPORT_DIR", help="a run folder or an exported one")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, "
+                   "this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free one)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest request body, in MB (default: %(default)s)")
+    p.add_argument("--max-batch-wait-ms", type=float, default=5.0,
+                   help="how long a request may wait for others to share its batch (default: %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=16,
+                   help="most items in one model call (default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     """-q and -v, accepted after the command as well as before it."""
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -330,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["image", "text", "fused"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+    _add_serve_command(sub)
     return parser
 
 
