@@ -82,9 +82,10 @@ def test_every_field_can_be_set_from_the_command_line(tmp_path):
     for f in dataclasses.fields(RunConfig):
         kind = field_type(f)
         value = {bool: not f.default, int: 7, float: 0.25}.get(kind, "x")
-        if f.name in ("schedule", "accelerator", "precision", "devices", "model", "strategy"):
-            value = {"schedule": "cosine", "accelerator": "cpu", "precision": "bf16-mixed",
-                     "devices": "2", "model": "text-only", "strategy": "ddp"}[f.name]
+        choices = {"schedule": "cosine", "accelerator": "cpu", "precision": "bf16-mixed",
+                   "devices": "2", "model": "text-only", "strategy": "ddp", "loss": "asl",
+                   "time_limit": "20m"}
+        value = choices.get(f.name, value)
         if f.name in ("image_size",):
             value = 64
         flag = "--" + f.name.replace("_", "-")

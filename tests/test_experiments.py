@@ -210,6 +210,9 @@ def test_cli_base_settings(tmp_path):
     args = build_parser().parse_args(["study", "--out", str(tmp_path), "--lr", "0.01"])
     cfg = _study_config(args)
     assert (cfg.image_trainable, cfg.text_trainable, cfg.lr, cfg.head_lr) == (0, 0, 0.01, 0.01)
+    assert (cfg.epochs, cfg.patience) == (50, 5)  # frozen heads train to convergence
+    args = build_parser().parse_args(["study", "--out", str(tmp_path), "--epochs", "3"])
+    assert (_study_config(args).epochs, _study_config(args).patience) == (3, 5)
     args = build_parser().parse_args(["ablate", "--model", FUSED, "--out", str(tmp_path),
                                       "--mode", "finetune", "--epochs", "2"])
     cfg = _study_config(args)
@@ -233,3 +236,14 @@ def test_sweeping_a_setting_outside_the_run_name_gives_distinct_runs(tmp_path):
     named = sweep_configs(RunConfig(), FUSED, [{"csra": 0.0}, {"csra": 0.1}, {"schedule": "cosine"}])
     names = [name for name, _, _ in named]
     assert len(set(names)) == 3 and names[1].endswith("-csra0.1") and names[2].endswith("-schedulecosine")
+
+
+def test_the_study_trains_frozen_heads_to_convergence_and_adds_the_default_recipe():
+    from captag.experiments.study import FROZEN, base_config, default_recipe
+    base = base_config(None, "data.csv")
+    assert (base.epochs, base.patience, base.image_trainable, base.text_trainable) == (50, 5, 0, 0)
+    assert FROZEN["epochs"] == 50
+    name, group, cfg = default_recipe(base.update(seed=3))
+    assert group == "compare" and name.startswith("captag-default-fusion-")
+    assert cfg == RunConfig(csv="data.csv", seed=3)
+    assert run_name(base.update(model=FUSED)).endswith("-ep50-es5")

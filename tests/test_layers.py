@@ -211,7 +211,7 @@ def chain(module: str, loaded_by: dict, package: str) -> str:
 @pytest.mark.parametrize("package", list(RANK))
 def test_importing_loads_no_higher_layer(runtime_imports, package):
     if not modules_of(package):
-        pytest.skip(f"no module of {package} yet")
+        pytest.skip(f"no package captag.{package} in this checkout")
     result, me = runtime_imports[package], modules_of(package)[0]
     loaded_by = result["loaded_by"]
     tried = sorted(set(result["loaded"]) | {m for m in loaded_by if m in MODULES})  # also failed imports

@@ -1,4 +1,4 @@
-"""The `captag` command line: train, evaluate and predict, the study commands, and the model list.
+"""The `captag` command line: train, evaluate and predict, the study commands, the model list, serve.
 
 Settings are checked before anything heavy is imported, so a wrong value stops in well under a
 second. captag's own errors print as one line (exit 2); anything else is a bug and shows its
@@ -206,14 +206,19 @@ def cmd_models(args) -> int:
 
 def _study_config(args) -> RunConfig:
     """The study's base settings: --mode sets both encoders frozen or trained whole (frozen
-    unless a --config file sets the trainable stages); a given --lr sets head_lr too."""
+    unless a --config file sets the trainable stages); frozen runs train to convergence
+    (study.FROZEN's epochs and patience, unless given); a given --lr sets head_lr too."""
     from captag.config import read_yaml
-    given = read_yaml(args.config) if args.config else {}
+    from captag.experiments.study import FROZEN
+    given = {**(read_yaml(args.config) if args.config else {}),
+             **{k: v for k, v in config_overrides(args).items() if v is not None}}
     cfg = _base_config(args)
     mode = args.mode or ("file" if {"image_trainable", "text_trainable"} & set(given) else "frozen")
     if mode != "file":
         trainable = 0 if mode == "frozen" else -1
         cfg = cfg.update(image_trainable=trainable, text_trainable=trainable)
+    if mode == "frozen":
+        cfg = cfg.update(**{k: v for k, v in FROZEN.items() if k not in given})
     if args.lr is not None and args.head_lr is None:
         cfg = cfg.update(head_lr=args.lr)
     return cfg
@@ -255,6 +260,30 @@ def cmd_ablate(args) -> int:
 def cmd_study(args) -> int:
     from captag.experiments.study import study
     return _study_run(args, study, max_mb=args.max_mb)
+
+
+def cmd_serve(args) -> int:
+    from captag.serve.app import Settings
+    from captag.serve.server import serve
+    return serve(args.folder, args.host, args.port,
+                 Settings(args.max_upload_mb, args.max_batch_wait_ms, args.max_batch_size),
+                 verbose=args.verbose)
+
+
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API and a web page")
+    _common(p)
+    p.add_argument("folder", metavar="RUN_OR_EXPORT_DIR", help="a run folder or an exported one")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, "
+                   "this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free one)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest request body, in MB (default: %(default)s)")
+    p.add_argument("--max-batch-wait-ms", type=float, default=5.0,
+                   help="how long a request may wait for others to share its batch (default: %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=16,
+                   help="most items in one model call (default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -362,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["image", "text", "fused"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+    _add_serve_command(sub)
     return parser
 
 

@@ -22,6 +22,8 @@ import yaml
 from captag.errors import ConfigError, DataNotFoundError
 
 SCHEDULES = ("constant", "linear", "cosine")
+LOSSES = ("bce", "asl")
+DEFAULT_EPOCHS = 3
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -62,8 +64,25 @@ class RunConfig:
                               "map (CSRA, Zhu and Wu 2021); 0: the seed's pooled head", low=0)
     csra_temperature: float = option(0.0, "CSRA softmax temperature over map locations; 0: "
                                           "max pooling (infinite temperature)", low=0)
-    epochs: int = option(3, "training epochs", low=1)
+    epochs: int | None = option(None, f"training epochs (default: {DEFAULT_EPOCHS}, or more on "
+                                      "small data, to take min_steps optimiser steps)", low=1)
+    min_steps: int = option(300, "with epochs unset, the least optimiser steps: small data gets "
+                                 f"more than {DEFAULT_EPOCHS} epochs", low=0)
+    patience: int = option(0, "stop after this many epochs without a better validation "
+                              "samples-F1 (0: never stop early)", low=0)
+    time_limit: str | None = option(None, "training time budget, e.g. 20m, 1h, 90s: the learning "
+                                          "rate decays by time as well as steps, and training "
+                                          "stops at the budget with the best checkpoint")
     batch_size: int = option(32, "batch size", low=1)
+    loss: str = option("bce", "training loss: bce (binary cross-entropy) or asl (asymmetric "
+                              "loss, Ridnik et al. 2021)", choices=LOSSES)
+    asl_gamma_neg: float = option(4.0, "ASL focusing of negative labels", low=0)
+    asl_gamma_pos: float = option(0.0, "ASL focusing of positive labels", low=0)
+    asl_clip: float = option(0.05, "ASL probability margin shifted onto negatives", low=0, high=1,
+                             high_open=True)
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, scored "
+                             "beside the raw weights each epoch, the better kept (0: off; "
+                             "e.g. 0.999)", low=0, high=1, high_open=True)
     lr: float = option(2e-4, "learning rate of the encoders", low=0, low_open=True)
     head_lr: float = option(1e-3, "learning rate of the classifier head", low=0, low_open=True)
     weight_decay: float = option(0.0, "Adam weight decay", low=0)
@@ -160,6 +179,8 @@ def _checked(f: dataclasses.Field, value):
                           f" Allowed: {', '.join(meta['choices'])}.")
     if f.name == "devices":
         _check_devices(value)
+    if f.name == "time_limit" and value is not None:
+        seconds(value)
     _check_range(f, value)
     return value
 
@@ -189,7 +210,7 @@ def _convert(f: dataclasses.Field, value, kind: type):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise wrong
         return float(value)
-    if isinstance(value, (int, float)) and f.name == "devices":
+    if isinstance(value, (int, float)) and f.name in ("devices", "time_limit"):
         return str(value)
     if not isinstance(value, str) or (not value.strip() and not is_optional(f) and f.name != "csv"):
         raise wrong
@@ -222,6 +243,23 @@ def _check_devices(value: str) -> None:
         return
     raise ConfigError(f"devices: {value!r} is not allowed. Allowed: auto, -1 (all), a count "
                       "such as 2, or device ids such as '0,1'.")
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def seconds(duration: str) -> float:
+    """Seconds in a duration such as 90s, 20m, 1.5h (a bare number is minutes)."""
+    text = str(duration).strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in UNITS else (text, "m")
+    try:
+        value = float(number) * UNITS[unit]
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"time_limit: {duration!r} is not a duration; write e.g. 90s, 20m or "
+                          "1.5h (a bare number is minutes).")
+    return value
 
 
 def read_yaml(path: str | Path):

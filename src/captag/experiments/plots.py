@@ -107,22 +107,37 @@ def class_order(series: dict[str, list[dict]]) -> list[tuple[str, str]]:
     return list(order.items())
 
 
+OFFSETS = ((5, 4), (5, -11), (-13, 4), (-13, -11))  # neighbours' numbers point apart
+
+
 def size_scatter(points: list[tuple[str, float, float]], path: Path, budget_mb: float,
                  title: str) -> Path:
-    """F1 samples against size in MB, one labelled point per model, budget as a vertical line."""
-    figure, (ax,) = new_figure(8, 5)
-    for label, size, f1 in points:
-        ax.scatter([size], [f1], s=40)
-        ax.annotate(short(label), (size, f1), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+    """F1 samples against size in MB, budget as a vertical line. Each point carries a number
+    (best F1 first) that a list beside the plot resolves to the model's full name, so that no
+    name is cut off and close points stay readable."""
+    ranked = sorted(points, key=lambda p: -p[2])
+    figure = Figure(figsize=(13, max(5.0, 1.2 + 0.24 * len(ranked))), dpi=DPI)
+    FigureCanvasAgg(figure)
+    ax, names = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    by_size = sorted(range(len(ranked)), key=lambda i: (ranked[i][1], ranked[i][2]))
+    for order, i in enumerate(by_size):
+        _, size, f1 = ranked[i]
+        ax.scatter([size], [f1], s=36, color=f"C{i % 10}")
+        ax.annotate(str(i + 1), (size, f1), textcoords="offset points", fontsize=8,
+                    xytext=OFFSETS[order % len(OFFSETS)], color=f"C{i % 10}")
     ax.axvline(budget_mb, color="red", linestyle="--", label=f"{budget_mb:g} MB budget")
-    largest = max([size for _, size, _ in points] + [budget_mb])
-    ax.set_xlim(0, largest * 1.15)
-    ax.margins(y=0.15)
+    largest = max([size for _, size, _ in ranked] + [budget_mb])
+    ax.set_xlim(0, largest * 1.1)
+    ax.margins(y=0.1)
     ax.set(xlabel="size (MB = 2**20 bytes; the model file where saved)",
            ylabel="validation F1 samples", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    names.axis("off")
+    step = 1 / max(len(ranked), 1)
+    for i, (label, size, f1) in enumerate(ranked):
+        names.text(0, 1 - (i + 0.5) * step, f"{i + 1:>2}. {label}  ({f1:.3f}, {size:.0f} MB)",
+                   fontsize=8, color=f"C{i % 10}", va="center", family="monospace")
     return save(figure, path)
 
 

@@ -66,9 +66,12 @@ def one_decimal(value) -> str:
 
 
 def general(value) -> str:
-    """Learning rates, batch sizes, epochs: as short as they can be written."""
-    value = number(value)
-    return MISSING if value is None else f"{value:g}"
+    """Learning rates, batch sizes, epochs: as short as they can be written (a word such as
+    auto as it is)."""
+    figure = number(value)
+    if figure is None:
+        return str(value) if isinstance(value, str) and value.strip() else MISSING
+    return f"{figure:g}"
 
 
 def text(value) -> str:

@@ -181,7 +181,7 @@ def result_row(cfg: RunConfig, name: str, group: str, status: str, summary: dict
     row = {
         "run": name, "group": group, "model": cfg.model, "mode": mode_of(cfg),
         "image_encoder": image or "", "text_encoder": text or "", "batch_size": cfg.batch_size,
-        "lr": cfg.lr, "head_lr": cfg.head_lr, "epochs": cfg.epochs,
+        "lr": cfg.lr, "head_lr": cfg.head_lr, "epochs": cfg.epochs or "auto",
         **{k: round(val[k], 4) if k in val else "" for k in ("f1_samples", "f1_micro", "f1_macro", "map")},
         "f1_samples_at_0.5": round(half["f1_samples"], 4) if "f1_samples" in half else "",
         "threshold": round(summary["threshold"], 4) if "threshold" in summary else "",

@@ -13,7 +13,9 @@ while the others wait, then read the split and the cache.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
+import math
 import os
 import sys
 import time
@@ -21,11 +23,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import move_data_to_device
 
-from captag.config import RunConfig
+from captag.config import DEFAULT_EPOCHS, RunConfig, seconds
 from captag.data import LabelMap, read_records, resolve_image_dir, split_ids
 from captag.data.images import screen_images
 from captag.data.records import require_labels
@@ -40,7 +42,7 @@ from captag.runs import RunFolder
 from captag.training.cache import FeatureCache
 from captag.training.callbacks import MetricsCSV, RngState, shard_log
 from captag.training.datamodule import CaptagDataModule
-from captag.training.module import CaptagModule
+from captag.training.module import CaptagModule, make_loss
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +120,38 @@ def _prepare_folder(cfg: RunConfig | None, run: RunFolder, resume: bool) -> RunC
     return cfg
 
 
-def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate: bool):
+FINISH_SHARE = 0.05  # of a time budget, kept for scoring and saving after fitting
+
+
+def planned_epochs(cfg: RunConfig, n_records: int, world_size: int) -> int:
+    """`epochs` when set; else DEFAULT_EPOCHS, raised so that training takes at least
+    `min_steps` optimiser steps on `n_records` rows."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    train_rows = n_records - round(n_records * cfg.val_fraction)
+    steps = max(math.ceil(train_rows / (cfg.batch_size * world_size)), 1)
+    return max(DEFAULT_EPOCHS, math.ceil(cfg.min_steps / steps))
+
+
+def fit_budget(cfg: RunConfig, started: float) -> float | None:
+    """Seconds left for fitting under the time limit (None without one)."""
+    if cfg.time_limit is None:
+        return None
+    total = seconds(cfg.time_limit)
+    return max(total * (1 - FINISH_SHARE) - (time.perf_counter() - started), 1.0)
+
+
+def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate: bool,
+             budget: float | None):
     best = ModelCheckpoint(dirpath=run.checkpoints, filename="best",
                            monitor="val_f1_samples" if validate else None, mode="max",
                            save_last=True, enable_version_counter=False)
     extra = [TQDMProgressBar(refresh_rate=10)] if progress else []
+    if cfg.patience and validate:
+        extra.append(EarlyStopping("val_f1_samples", mode="max", patience=cfg.patience))
     return L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+        max_epochs=cfg.epochs or DEFAULT_EPOCHS, max_time=datetime.timedelta(seconds=budget) if budget else None,
+        accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision, deterministic=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if validate else 0,
@@ -156,9 +183,13 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     data = CaptagDataModule(cfg, model, records, labels, image_dir, FeatureCache(cfg.cache_dir),
                             progress=progress)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # same run, warm cache or cold
+    budget = fit_budget(cfg, started)
     module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one,
-                          cfg.schedule, cfg.warmup)
-    trainer = _trainer(cfg, run, callbacks, progress, validate=cfg.val_fraction > 0)
+                          cfg.schedule, cfg.warmup,
+                          make_loss(cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip),
+                          cfg.ema, budget)
+    trainer = _trainer(cfg, run, callbacks, progress, cfg.val_fraction > 0, budget)
+    trainer.fit_loop.max_epochs = planned_epochs(cfg, len(records.records), trainer.world_size)
     fit_started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Lightning's bars write to stdout
         trainer.fit(module, datamodule=data,
@@ -173,8 +204,13 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
 
 def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, times: dict) -> dict:
     best_path = trainer.checkpoint_callback.best_model_path or str(run.checkpoints / "last.ckpt")
+    if not Path(best_path).exists():
+        raise RunFolderError(f"Training stopped before its first epoch ended (time_limit "
+                             f"{cfg.time_limit}): give it more time, or fewer rows.")
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
+    if checkpoint.get("ema_chosen"):
+        module.use_ema_weights()
     data.setup("validate")  # ddp_spawn prepared the data in the spawned processes, not here
     device = trainer.strategy.root_device  # scored where it trained: a GPU run stays on its GPU
     scores = _validation_scores(cfg, data, module.to(device), labels) if data.records["val"] else {}
@@ -188,6 +224,9 @@ def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, ti
     summary = {
         "model": cfg.model, "best_checkpoint": Path(best_path).name,
         "best_epoch": int(checkpoint["epoch"]) + 1,
+        "epochs_planned": trainer.max_epochs, "epochs_run": trainer.current_epoch,
+        "stopped_early": trainer.current_epoch < trainer.max_epochs,
+        "ema_chosen": bool(checkpoint.get("ema_chosen", False)),
         "threshold": threshold,
         "val": scores.get("val", {}),
         "val_at_0.5": scores.get("val_at_0.5", {}),
