@@ -238,6 +238,9 @@ class ExportedPredictor:
             "labels": self.labels.as_list(), "threshold": self.threshold,
             "at_least_one": self.at_least_one,
             "thresholds": read_json(self.path / "thresholds.json", RunFolderError, "a JSON object"),
-            "sizes": spec["sizes"], "preprocessing": spec["preprocessing"],
-            "provenance": spec["provenance"],
+            "sizes": {**spec["sizes"], "model_file_mb": spec["sizes"].get("folder_mb", spec["sizes"]["model_mb"]),
+                      "image_size": spec["preprocessing"].get("image_size"),
+                      "max_caption_tokens": spec["preprocessing"].get("max_length", 0)},
+            "preprocessing": spec["preprocessing"],
+            "provenance": {"kind": "exported folder", **spec["provenance"]},
         }

@@ -124,9 +124,13 @@ class Predictor:
             "at_least_one": cfg.at_least_one,
             "thresholds": read_json(run.thresholds, RunFolderError, "a JSON object"),
             "sizes": {"model_mb": round(file_mb(run.model), 2),
+                      "model_file_mb": round(file_mb(run.model), 1),
                       "parameters": parameter_count(self.model),
-                      "parameter_mb_fp32": round(parameter_mb(self.model), 2)},
-            "provenance": {"run": str(run.path), "val_f1_samples": run.load_val_f1(),
+                      "parameter_mb_fp32": round(parameter_mb(self.model), 2),
+                      "image_size": cfg.image_size if self.has_image else None,
+                      "max_caption_tokens": self.model.text.max_length if self.model.text else 0},
+            "provenance": {"kind": "run folder", "run": str(run.path),
+                           "val_f1_samples": run.load_val_f1(),
                            "captag_version": captag.__version__},
         }
 
