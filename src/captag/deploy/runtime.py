@@ -229,7 +229,7 @@ class ExportedPredictor:
     def info(self) -> dict:
         """What the model is: labels, thresholds, sizes and where it comes from (the keys of
         the run folder's `Predictor.info`)."""
-        spec = self.spec
+        spec, sizes = self.spec, self.spec["sizes"]
         return {
             "format": f"{FORMAT}/{spec['format_version']}", "path": str(self.path),
             "model": {**spec["model"], "engine": self.engine,
@@ -238,7 +238,7 @@ class ExportedPredictor:
             "labels": self.labels.as_list(), "threshold": self.threshold,
             "at_least_one": self.at_least_one,
             "thresholds": read_json(self.path / "thresholds.json", RunFolderError, "a JSON object"),
-            "sizes": {**spec["sizes"], "model_file_mb": spec["sizes"].get("folder_mb", spec["sizes"]["model_mb"]),
+            "sizes": {**sizes, "model_file_mb": sizes.get("folder_mb", sizes["model_mb"]),
                       "image_size": spec["preprocessing"].get("image_size"),
                       "max_caption_tokens": spec["preprocessing"].get("max_length", 0)},
             "preprocessing": spec["preprocessing"],
