@@ -318,3 +318,16 @@ def test_captag_serve_answers_over_http(frozen_run):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_an_exported_folder_is_served_and_answers_as_its_runtime(frozen_run, tmp_path):
+    from captag.deploy.export import export_run
+    from captag.deploy.runtime import ExportedPredictor
+    export_run(frozen_run, tmp_path / "export")
+    served = ServedModel.load(tmp_path / "export")
+    with TestClient(create_app(served)) as client:
+        answer = post(client)
+        assert answer.status_code == 200
+        assert client.get("/info").json()["format"].startswith("captag-export")
+    expected = ExportedPredictor.load(tmp_path / "export").predict(JPEG, "A skate park next to a body of water.")
+    assert_same(answer.json(), expected)

@@ -112,6 +112,13 @@ class Predictor:
         """(train IDs, validation IDs) of the run."""
         return self.run.load_split()
 
+    def caption_truncated(self, caption: str) -> bool:
+        """Whether the model reads only the first `max_length` tokens of the caption."""
+        text = self.model.text
+        if text is None:
+            return False
+        return len(text.tokenizer(caption, truncation=False)["input_ids"]) > text.max_length
+
     def info(self) -> dict:
         """What the model is: labels, thresholds, sizes and where it comes from (the keys of
         `ExportedPredictor.info`)."""

@@ -92,7 +92,7 @@ async function loadLimits() {
     const info = await (await fetch("info")).json();
     maxUploadMb = info.limits.max_upload_mb;
     $("image-help").textContent = `Tab here and press Space to pick a file. JPEG, PNG, WebP and ` +
-      `other formats, up to ${maxUploadMb} MB. The model: ${info.model}, ${info.labels.length} labels.`;
+      `other formats, up to ${maxUploadMb} MB. The model: ${info.model.name}, ${info.labels.length} labels.`;
   } catch (error) {
     showError(`Could not reach the server (${error.message}).`);
   }
