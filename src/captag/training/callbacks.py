@@ -1,5 +1,5 @@
 """Lightning callbacks of a run: the per-epoch metrics.csv, RNG state kept for exact resume, and
-(for tests) a log of the training rows each process saw."""
+(for tests) a log of the training rows each process saw and a crash after a given epoch."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import csv
 import json
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_f1_samples", "val_f1_micro", "val_f1_macro",
            "val_map", "seconds"]
@@ -65,32 +67,66 @@ class MetricsCSV(L.Callback):
 
 
 class RngState(L.Callback):
-    """Saves the RNG states in each checkpoint and puts them back when a run resumes."""
+    """Saves every process's RNG states in each checkpoint and puts each back in its own process
+    when a run resumes (under DDP the ranks' states differ; a rank the checkpoint lacks, after a
+    change of world size, gets rank 0's)."""
 
     def state_dict(self) -> dict:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        version, internal, gauss = random.getstate()
-        return {"torch": torch.get_rng_state(),
-                "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                          "has_gauss": int(has_gauss), "cached": float(cached)},
-                "python": {"version": version, "internal": torch.tensor(internal), "gauss": gauss}}
+        if not _distributed():
+            return {"ranks": [_rng_state()]}
+        states: list = [None] * dist.get_world_size()
+        dist.all_gather_object(states, _rng_state())  # every rank dumps the checkpoint
+        return {"ranks": states}
 
     def load_state_dict(self, state: dict) -> None:
-        torch.set_rng_state(state["torch"])
-        n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                             n["has_gauss"], n["cached"]))
-        p = state["python"]
-        random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss"]))
+        states = state.get("ranks", [state])
+        rank = dist.get_rank() if _distributed() else 0
+        _set_rng_state(states[rank] if rank < len(states) else states[0])
 
 
-SHARD_LOG = "CAPTAG_LOG_SHARDS"
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
-def shard_log() -> list[L.Callback]:
-    """[ShardLog] when $CAPTAG_LOG_SHARDS names a folder (a test hook), else []."""
-    folder = os.environ.get(SHARD_LOG)
-    return [ShardLog(folder)] if folder else []
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": {"version": version, "internal": torch.tensor(internal), "gauss": gauss}}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss"]))
+
+
+SHARD_LOG, KILL_AFTER = "CAPTAG_LOG_SHARDS", "CAPTAG_KILL_AFTER_EPOCH"
+
+
+def env_hooks() -> list[L.Callback]:
+    """The test hooks that $CAPTAG_LOG_SHARDS and $CAPTAG_KILL_AFTER_EPOCH turn on; [] unset."""
+    hooks: list[L.Callback] = [ShardLog(os.environ[SHARD_LOG])] if os.environ.get(SHARD_LOG) else []
+    if os.environ.get(KILL_AFTER):
+        hooks.append(KillAfter(int(os.environ[KILL_AFTER])))
+    return hooks
+
+
+class KillAfter(L.Callback):
+    """Rank 0 SIGKILLs its whole process group (every local rank) once epoch N is checkpointed,
+    at the start of the next epoch: a crash for a test of --resume under DDP."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == self.epoch and trainer.is_global_zero:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 class ShardLog(L.Callback):

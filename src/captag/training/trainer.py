@@ -40,7 +40,7 @@ from captag.models.fusion import probabilities
 from captag.models.registry import model_from_config, weights_summary
 from captag.runs import RunFolder
 from captag.training.cache import FeatureCache
-from captag.training.callbacks import MetricsCSV, RngState, shard_log
+from captag.training.callbacks import MetricsCSV, RngState, env_hooks
 from captag.training.datamodule import CaptagDataModule
 from captag.training.module import CaptagModule, make_loss
 
@@ -67,10 +67,10 @@ class RunRecords:
         self.cfg, self.run, self.records, self.image_dir = cfg, run, records, image_dir
         self.labels, self.check_images = labels, check_images
         self.resume, self.progress = resume, progress
+        self._screened = None
 
     def prepare(self):
-        records = self._screen() if self.check_images else self.records
-        split = self._split(records, load=self.resume and self.run.split.exists())
+        split = self._split(self.screened(), load=self.resume and self.run.split.exists())
         if is_rank_zero():  # written once training really starts
             self.labels.save(self.run.labels)
             self.cfg.save(self.run.config)
@@ -78,6 +78,12 @@ class RunRecords:
 
     def load(self):
         return self._split(self.records, load=True)
+
+    def screened(self):
+        """The records to train on, their images checked once (on the first call)."""
+        if self._screened is None:
+            self._screened = self._screen() if self.check_images else self.records
+        return self._screened
 
     def _screen(self):
         """Records whose images decode; with skip_bad the others are left out and listed."""
@@ -145,7 +151,10 @@ def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate
              budget: float | None):
     best = ModelCheckpoint(dirpath=run.checkpoints, filename="best",
                            monitor="val_f1_samples" if validate else None, mode="max",
-                           save_last=True, enable_version_counter=False)
+                           enable_version_counter=False)
+    # Lightning writes save_last's last.ckpt only in epochs that improve best.ckpt; this one
+    # is written every epoch, after best.ckpt, so --resume continues from the last epoch.
+    last = ModelCheckpoint(dirpath=run.checkpoints, filename="last", enable_version_counter=False)
     extra = [TQDMProgressBar(refresh_rate=10)] if progress else []
     if cfg.patience and validate:
         extra.append(EarlyStopping("val_f1_samples", mode="max", patience=cfg.patience))
@@ -155,7 +164,7 @@ def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate
         strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision, deterministic=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if validate else 0,
-        callbacks=[best, MetricsCSV(run.metrics), RngState(), *shard_log(), *extra, *callbacks],
+        callbacks=[best, last, MetricsCSV(run.metrics), RngState(), *env_hooks(), *extra, *callbacks],
         logger=CSVLogger(run.path, name="logs", version=""), log_every_n_steps=20,
         enable_progress_bar=progress, enable_model_summary=False)
 
@@ -180,6 +189,8 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     image_dir = resolve_image_dir(cfg.csv, cfg.images) if model.image else Path(".")
     records = RunRecords(cfg, run, records, image_dir, labels, model.image is not None, resume,
                          progress)
+    if is_rank_zero():  # a bad image stops the run before Lightning starts the other ranks
+        records.screened()
     data = CaptagDataModule(cfg, model, records, labels, image_dir, FeatureCache(cfg.cache_dir),
                             progress=progress)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # same run, warm cache or cold
