@@ -40,10 +40,12 @@ def test_whole_study_on_a_mini_subset(tmp_path, cache_dir):
     data = small_csv(tmp_path / "s120.csv", 120)
     out = tmp_path / "study"
     assert main(["-q", "study", "--csv", str(data), "--images", str(DATA / "data"), "--out",
-                 str(out), "--cache-dir", str(cache_dir)]) == 0
+                 str(out), "--cache-dir", str(cache_dir), "--epochs", "8", "--min-steps", "30"]) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     groups = [r["group"] for r in rows]
     assert groups.count("sweep") == 7 and groups.count("ablation") == 3
+    default = next(r for r in rows if r["run"].startswith("captag-default-"))
+    assert default["status"] == "ok" and default["mode"] == "partial"
     trained = [r for r in rows if r["status"] == "ok"]
     assert {r["model"] for r in trained} >= {"tf_efficientnet_lite0", "all-MiniLM-L6-v2",
                                               "tf_efficientnet_lite0+all-MiniLM-L6-v2"}

@@ -35,9 +35,10 @@ def base_config(base_cfg: RunConfig | None, csv) -> RunConfig:
 
 
 def default_recipe(base: RunConfig) -> tuple:
-    """(name, group, config) of `captag train`'s default recipe on the base's data."""
+    """(name, group, config) of `captag train`'s default recipe on the base's data (and with
+    its min_steps, which bounds the epochs on small data)."""
     cfg = RunConfig(csv=base.csv, images=base.images, cache_dir=base.cache_dir, seed=base.seed,
-                    val_fraction=base.val_fraction)
+                    val_fraction=base.val_fraction, min_steps=base.min_steps)
     return "captag-default-" + run_name(cfg), "compare", cfg
 
 
