@@ -148,7 +148,7 @@ def test_evaluate_split_val_without_validation_split(run_copy, no_work):
 def no_predictor(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("the run folder was loaded before the output was checked")
-    monkeypatch.setattr(evaluate, "Predictor", reached)
+    monkeypatch.setattr(evaluate, "_predictor", reached)
 
 
 def test_predict_output_is_a_folder(frozen_run, tmp_path, no_predictor):
