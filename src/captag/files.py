@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from captag.errors import CaptagError
+from captag.errors import CaptagError, OutputError
 
 
 def jsonable(value):
@@ -67,3 +67,15 @@ def read_json(path: str | Path, error: type[CaptagError], expected: str = "a JSO
         raise error(f"{path} is missing.") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as problem:
         raise error(f"{path}: not valid JSON ({problem}); expected {expected}.") from None
+
+
+def ensure_parent(path: Path, option: str) -> None:
+    """Create the folder that will hold `path`; an OutputError naming `option` (e.g. --out)
+    if it cannot be created or written to."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{option} {path}: its folder {path.parent} cannot be created "
+                          f"({error.strerror or error}).") from None
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(f"{option} {path}: the folder {path.parent} is not writable.")

@@ -28,6 +28,7 @@ from captag.data import read_records, resolve_image_dir
 from captag.data.images import open_image
 from captag.errors import ConfigError, DataNotFoundError, OutputError
 from captag.evaluation.size import BYTES_PER_MB
+from captag.files import ensure_parent
 from captag.models import onnx
 from captag.models.fusion import FusionModel
 from captag.runs import RunFolder
@@ -85,13 +86,7 @@ def check_out(out) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"--out {out} exists and is not an empty folder: choose a new folder "
                           "(an export never overwrites one).")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"--out {out}: cannot create {out.parent} "
-                          f"({error.strerror or error}).") from None
-    if not os.access(out.parent, os.W_OK):
-        raise OutputError(f"--out {out}: the folder {out.parent} is not writable.")
+    ensure_parent(out, "--out")
     return out
 
 

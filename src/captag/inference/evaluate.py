@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from captag.errors import OutputError, RunFolderError
 from captag.evaluation.metrics import compute_metrics, per_class_report, predict_labels
 from captag.evaluation.size import check_budget
 from captag.evaluation.speed import Timer, throughput
-from captag.files import jsonable, write_text
+from captag.files import ensure_parent, jsonable, write_text
 
 
 def _predictor(run_dir, engine: str, load):
@@ -106,13 +105,7 @@ def check_output(path) -> Path:
     if path.is_dir():
         raise OutputError(f"--output {path} is a folder; give the file to write, e.g. "
                           f"{path / 'submission.csv'}.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"--output {path}: its folder {path.parent} cannot be created "
-                          f"({error.strerror or error}).") from None
-    if not os.access(path.parent, os.W_OK):
-        raise OutputError(f"--output {path}: the folder {path.parent} is not writable.")
+    ensure_parent(path, "--output")
     return path
 
 
