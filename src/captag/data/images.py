@@ -20,8 +20,9 @@ CHECK_SIZE = 64  # decode JPEGs at 1/8 scale or so during the check; truncation 
 _GOOD: set[tuple] = set()  # (path, size, mtime, inode) of files that decoded, for this process
 
 
-def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Open an image file of any format PIL reads and return it as RGB.
+def load_image(path, draft_size: int | None = None) -> Image.Image:
+    """Open an image file (a path or a binary file object) of any format PIL reads and return
+    it as RGB.
 
     With `draft_size`, JPEGs are decoded at a reduced scale whose sides stay at least that size.
     Transparent images are put on a white background.
@@ -44,11 +45,7 @@ def open_image(source, name: str = "image", draft_size: int | None = None) -> Im
         raise BadImagesError(f"{name}: expected a path, bytes or a PIL image, got "
                              f"{type(source).__name__}.")
     try:
-        with Image.open(source) as image:
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-            return _to_rgb(image)
+        return load_image(source, draft_size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadImagesError(f"{name}: cannot be read as an image ({error}).") from None
 
