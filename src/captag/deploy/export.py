@@ -27,7 +27,7 @@ import captag
 from captag.data import read_records, resolve_image_dir
 from captag.data.images import open_image
 from captag.errors import ConfigError, DataNotFoundError, OutputError
-from captag.evaluation.size import BYTES_PER_MB
+from captag.evaluation.size import BYTES_PER_MB, file_mb, parameter_count
 from captag.files import ensure_parent
 from captag.models import onnx
 from captag.models.fusion import FusionModel
@@ -195,16 +195,12 @@ def quantize_graphs(folder: Path, graphs: dict, image_quant: str, calibration: l
                     weight_type=QuantType.QInt8)
 
 
-def _parameters(module) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0
-
-
 def _spec(run: RunFolder, cfg, model: FusionModel, folder: Path, graphs: dict, pre: dict,
           int8: bool, image_quant: str) -> dict:
-    graph_mb = {part: round((folder / name).stat().st_size / BYTES_PER_MB, 3)
-                for part, name in graphs.items()}
-    parameters = {"image": _parameters(model.image), "text": _parameters(model.text),
-                  "head": _parameters(model.head)}
+    graph_mb = {part: round(file_mb(folder / name), 3) for part, name in graphs.items()}
+    parameters = {part: parameter_count(module) if module is not None else 0
+                  for part, module in (("image", model.image), ("text", model.text),
+                                       ("head", model.head))}
     total = sum(parameters.values())
     inputs = {"image": ["image"], "text": ["input_ids", "attention_mask"],
               "head": [n for n, p in (("image_features", "image"), ("text_features", "text"))
@@ -216,8 +212,7 @@ def _spec(run: RunFolder, cfg, model: FusionModel, folder: Path, graphs: dict, p
         "graphs": graphs, "inputs": {p: inputs[p] for p in graphs}, "outputs": {"head": "logits"},
         "preprocessing": pre,
         "sizes": {"graphs_mb": graph_mb, "model_mb": round(sum(graph_mb.values()), 2),
-                  "folder_mb": round(sum(p.stat().st_size for p in folder.iterdir())
-                                     / BYTES_PER_MB, 2),
+                  "folder_mb": round(sum(file_mb(p) for p in folder.iterdir()), 2),
                   "parameters": total, "parameters_by_part": parameters,
                   "parameter_mb_fp32": round(total * 4 / BYTES_PER_MB, 2)},
         "provenance": {"run": str(run.path.resolve()), "config": cfg.to_dict(),
