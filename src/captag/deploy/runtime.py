@@ -25,9 +25,9 @@ from captag.data.labels import LabelMap
 from captag.data.split import load_split
 from captag.deploy import MODEL_YAML
 from captag.errors import RunFolderError
-from captag.evaluation.metrics import load_thresholds, predict_labels
+from captag.evaluation.metrics import load_thresholds
 from captag.files import read_json
-from captag.inference.inputs import check_inputs, is_single, result
+from captag.inference.inputs import check_inputs, is_single, results
 
 FORMAT = "captag-export"
 FORMAT_VERSION = 1
@@ -208,9 +208,8 @@ class ExportedPredictor:
         images, captions = check_inputs(images, captions, self.has_image, self.has_text)
         names = [f"image {i}" for i in range(len(captions))]
         probs = self._run(images, names, captions, batch_size)
-        chosen = predict_labels(probs, self.threshold, self.at_least_one)
-        results = [result(p, c, self.labels, self.threshold) for p, c in zip(probs, chosen)]
-        return results[0] if single else results
+        answers = results(probs, self.labels, self.threshold, self.at_least_one)
+        return answers[0] if single else answers
 
     def caption_truncated(self, caption: str) -> bool:
         """Whether the model reads only the first `max_length` tokens of the caption."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from captag.errors import InputError
+from captag.evaluation.metrics import predict_labels
 
 
 def is_single(images, captions) -> bool:
@@ -38,9 +39,12 @@ def check_inputs(images, captions, has_image: bool, has_text: bool) -> tuple[lis
     return list(images) if images else [None] * n, captions
 
 
-def result(probs: np.ndarray, chosen: np.ndarray, labels, threshold: float) -> dict:
-    """{"labels": [{"id", "name"}], "probabilities": {name: p}, "threshold": t} of one row."""
-    return {"labels": [{"id": labels.ids[j], "name": labels.names[j]}
-                       for j in np.flatnonzero(chosen)],
-            "probabilities": {name: float(p) for name, p in zip(labels.names, probs)},
-            "threshold": threshold}
+def results(probs: np.ndarray, labels, threshold: float, at_least_one: bool) -> list[dict]:
+    """One {"labels": [{"id", "name"}], "probabilities": {name: p}, "threshold": t} per row of
+    `probs`, the labels chosen at `threshold` (and the likeliest one with `at_least_one`)."""
+    chosen = predict_labels(probs, threshold, at_least_one)
+    return [{"labels": [{"id": labels.ids[j], "name": labels.names[j]}
+                        for j in np.flatnonzero(row)],
+             "probabilities": {name: float(p) for name, p in zip(labels.names, row_probs)},
+             "threshold": threshold}
+            for row_probs, row in zip(probs, chosen)]

@@ -25,10 +25,9 @@ from captag.data.images import open_image
 from captag.data.records import Record
 from captag.data.transforms import build_transform
 from captag.errors import RunFolderError
-from captag.evaluation.metrics import predict_labels
 from captag.evaluation.size import file_mb, parameter_count, parameter_mb
 from captag.files import read_json
-from captag.inference.inputs import check_inputs, is_single, result
+from captag.inference.inputs import check_inputs, is_single, results
 from captag.models import onnx
 from captag.models.fusion import FusionModel, model_inputs, probabilities
 from captag.runs import RunFolder
@@ -195,9 +194,8 @@ class Predictor:
         probs = np.concatenate([self._batch_probs(images[i:i + batch_size],
                                                   captions[i:i + batch_size])
                                 for i in range(0, len(captions), batch_size)])
-        chosen = predict_labels(probs, self.threshold, self.cfg.at_least_one)
-        results = [result(p, c, self.labels, self.threshold) for p, c in zip(probs, chosen)]
-        return results[0] if single else results
+        answers = results(probs, self.labels, self.threshold, self.cfg.at_least_one)
+        return answers[0] if single else answers
 
     def _batch_probs(self, images: list, captions: list[str]) -> np.ndarray:
         batch = {}
