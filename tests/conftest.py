@@ -34,7 +34,8 @@ def cache_dir(tmp_path_factory) -> Path:
 def frozen_config(cache_dir, **overrides):
     from captag.config import RunConfig
     settings = dict(csv=str(MINI), image_trainable=0, text_trainable=0, epochs=8, head_lr=3e-3,
-                    batch_size=32, cache_dir=str(cache_dir), num_workers=0)
+                    batch_size=32, image_size=224, image_encoder="tf_efficientnet_lite0",
+                    cache_dir=str(cache_dir), num_workers=0)
     settings.update(overrides)
     return RunConfig().update(**settings)
 

@@ -102,3 +102,21 @@ def test_a_config_that_is_not_yaml_is_named(tmp_path, capsys):
         code = main(["train", "--config", str(tmp_path / name), "--out", str(tmp_path / "run")])
         err = capsys.readouterr().err
         assert code == 2 and name in err and "Traceback" not in err
+
+
+def test_evaluate_at_another_image_size_scores_the_larger_images(run_copy, capsys):
+    def scores(*extra):
+        assert main(["evaluate", str(run_copy), "--csv", str(MINI), "--split", "val", "--json",
+                     *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+    trained, larger = scores(), scores("--image-size", "288")
+    assert (trained["image_size"], larger["image_size"]) == (224, 288)
+    assert larger["engine"] == "torch" and larger["n_samples"] == trained["n_samples"]
+    assert larger["f1_samples"] != trained["f1_samples"] or larger["map"] != trained["map"]
+
+
+@pytest.mark.parametrize("extra, named", [(["--image-size", "16"], "image_size"),
+                                          (["--image-size", "288", "--engine", "onnx"], "--engine")])
+def test_a_bad_image_size_for_evaluate_is_named(run_copy, capsys, extra, named):
+    assert main(["evaluate", str(run_copy), "--csv", str(MINI), *extra]) == 2
+    assert named in capsys.readouterr().err

@@ -178,6 +178,11 @@ def test_bad_export_arguments_are_named(frozen_run, tmp_path, capsys):
         ExportedPredictor.load(tmp_path)
 
 
+def test_an_export_cannot_be_evaluated_at_another_image_size(exported, capsys):
+    assert main(["evaluate", str(exported), "--csv", str(MINI), "--image-size", "288"]) == 2
+    assert "--image-size is for run folders" in capsys.readouterr().err
+
+
 def test_an_incomplete_export_is_named(exported, tmp_path):
     import shutil
     copy = tmp_path / "copy"

@@ -1,9 +1,11 @@
 """The quality levers of a run: ASL, the EMA of the weights, min_steps, early stopping and the
-time limit, each a setting with its effect checked on the real mini data."""
+time limit with its epoch planner, each a setting with its effect checked on the real mini data."""
 
 import dataclasses
 import json
+import time
 
+import lightning as L
 import pytest
 import torch
 from timm.loss import AsymmetricLossMultiLabel
@@ -67,6 +69,7 @@ def test_min_steps_gives_small_data_more_epochs_and_leaves_big_data_alone():
     assert planned_epochs(cfg, 1000, 2) == 24  # 13 steps an epoch on each of 2 processes
     assert planned_epochs(cfg.update(min_steps=0), 1000, 1) == 3
     assert planned_epochs(cfg.update(epochs=2), 1000, 1) == 2  # given epochs are kept
+    assert planned_epochs(cfg.update(time_limit="1h"), 18000, 1) == 50  # until the first epoch
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +113,22 @@ def test_a_time_limit_stops_training_cleanly_with_the_best_checkpoint(tmp_path, 
     assert summary["train_seconds"] < 60
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["best_epoch"] <= len(rows)
+
+
+class _SlowEpochs(L.Callback):
+    """Makes every epoch take about a second, so that a budget of seconds holds a few."""
+
+    def on_train_epoch_start(self, trainer, module):
+        time.sleep(1.0)
+
+
+def test_a_time_limit_plans_the_epochs_that_fit_from_the_first_one(tmp_path, cache_dir, small):
+    from captag.training.trainer import train
+    cfg = frozen_config(cache_dir, csv=str(small), images=str(MINI.parent / "data"),
+                        time_limit="30s")
+    cfg = dataclasses.replace(cfg, epochs=None)
+    summary = train(cfg, tmp_path / "run", callbacks=[_SlowEpochs()], progress=False)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert 2 <= summary["epochs_planned"] < 30  # planned after the first epoch, not the cap of 50
+    assert len(rows) == summary["epochs_run"] == summary["epochs_planned"]  # none cut short
+    assert not summary["stopped_early"] and summary["train_seconds"] <= 30

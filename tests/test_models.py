@@ -261,3 +261,14 @@ def test_csra_head_attends_over_the_image_map_and_needs_one():
         attended.freeze(image_trainable=0, text_trainable=0)
     with pytest.raises(ConfigError, match="csra"):
         create_model("text-only", text_weights="none", csra=0.5)
+
+
+def test_unset_csra_attends_only_when_image_stages_train():
+    from captag.config import AUTO_CSRA, RunConfig
+    from captag.models.registry import csra_weight
+    cfg = RunConfig()
+    assert cfg.csra is None and csra_weight(cfg) == AUTO_CSRA  # the default trains 3 stages
+    assert csra_weight(cfg.update(image_trainable=-1)) == AUTO_CSRA  # --finetune
+    assert csra_weight(cfg.update(image_trainable=0)) == 0.0  # frozen: pooled vectors cached
+    assert csra_weight(cfg.update(model="text-only")) == 0.0
+    assert csra_weight(cfg.update(csra=0.0)) == 0.0 and csra_weight(cfg.update(csra=0.3)) == 0.3

@@ -145,8 +145,13 @@ def _loader(args):
     """Opens RUN_DIR: an exported folder (torch-free) or a run folder (with --engine)."""
     from captag.deploy import is_export, load_predictor
 
-    def load(path):
-        return load_predictor(path) if is_export(path) else load_predictor(path, engine=args.engine)
+    def load(path, image_size=None):
+        if not is_export(path):
+            return load_predictor(path, engine=args.engine, image_size=image_size)
+        if image_size:
+            raise ConfigError(f"--image-size is for run folders: the exported model in {path} "
+                              "has a fixed image side.")
+        return load_predictor(path)
     return load
 
 
@@ -154,7 +159,7 @@ def cmd_evaluate(args) -> int:
     from captag.inference.evaluate import evaluate_run
     result = evaluate_run(args.run_dir, args.csv, args.images, args.batch_size,
                           args.num_workers, args.engine, progress=not (args.quiet or args.json),
-                          split=args.split, load=_loader(args))
+                          split=args.split, load=_loader(args), image_size=args.image_size)
     emit(args, result, evaluate_lines(result))
     return 0
 
@@ -379,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--split", choices=["val", "train"],
                    help="score only the run's validation (or training) rows of the CSV")
+    p.add_argument("--image-size", type=int, help="score a run folder's model at this image "
+                   "side instead of its training side (FixRes: train low, test high)")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="write a Kaggle submission")
     _add_inference_options(p)

@@ -23,6 +23,7 @@ from captag.errors import ConfigError, DataNotFoundError
 
 SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("bce", "asl")
+AUTO_CSRA = 0.1  # csra when unset and the image encoder trains (needs its map)
 DEFAULT_EPOCHS = 3
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
@@ -51,30 +52,35 @@ class RunConfig:
     csv: str = option("", "labelled CSV (ImageID,Labels,Caption)")
     images: str | None = option(None, "image folder (default: data/ beside the CSV)")
     model: str = option("fusion", "fusion, image-only, text-only, an encoder name, or IMAGE+TEXT")
-    image_encoder: str = option("tf_efficientnet_lite0", "image encoder of fusion and image-only")
+    image_encoder: str = option("tf_efficientnet_lite2", "image encoder of fusion and image-only")
     text_encoder: str = option("all-MiniLM-L6-v2", "text encoder of fusion and text-only")
     image_weights: str | None = option(None, "image encoder weights: a file, 'hub' or 'none'")
     text_weights: str | None = option(None, "text encoder weights: a folder, 'hub' or 'none'")
     image_trainable: int = option(3, "top image stages trained (0 frozen, -1 all)", low=-1)
     text_trainable: int = option(2, "top text layers trained (0 frozen, -1 all)", low=-1)
-    image_size: int = option(224, "image side in pixels", low=32, high=2048)
+    image_size: int = option(320, "image side in pixels (the COMP5329 images' own size)",
+                             low=32, high=2048)
     max_length: int = option(64, "caption tokens kept", low=2, high=512)
     dropout: float = option(0.3, "dropout before the classifier", low=0, high=1, high_open=True)
-    csra: float = option(0.0, "weight of class-specific residual attention over the last image "
-                              "map (CSRA, Zhu and Wu 2021); 0: the seed's pooled head", low=0)
+    csra: float | None = option(None, "weight of class-specific residual attention over the last "
+                                      "image map (CSRA, Zhu and Wu 2021); 0: the seed's pooled "
+                                      f"head; unset: {AUTO_CSRA} when image stages train, else 0",
+                                low=0)
     csra_temperature: float = option(0.0, "CSRA softmax temperature over map locations; 0: "
                                           "max pooling (infinite temperature)", low=0)
     epochs: int | None = option(None, f"training epochs (default: {DEFAULT_EPOCHS}, or more on "
-                                      "small data, to take min_steps optimiser steps)", low=1)
+                                      "small data, to take min_steps optimiser steps, or as many "
+                                      "as time_limit holds)", low=1)
     min_steps: int = option(300, "with epochs unset, the least optimiser steps: small data gets "
                                  f"more than {DEFAULT_EPOCHS} epochs", low=0)
     patience: int = option(0, "stop after this many epochs without a better validation "
                               "samples-F1 (0: never stop early)", low=0)
-    time_limit: str | None = option(None, "training time budget, e.g. 20m, 1h, 90s: the learning "
-                                          "rate decays by time as well as steps, and training "
-                                          "stops at the budget with the best checkpoint")
+    time_limit: str | None = option(None, "training time budget, e.g. 20m, 1h, 90s: with epochs "
+                                          "unset, the first epoch's time plans how many fit; the "
+                                          "learning rate decays by time as well as steps, and "
+                                          "training stops at the budget with the best checkpoint")
     batch_size: int = option(32, "batch size", low=1)
-    loss: str = option("bce", "training loss: bce (binary cross-entropy) or asl (asymmetric "
+    loss: str = option("asl", "training loss: bce (binary cross-entropy) or asl (asymmetric "
                               "loss, Ridnik et al. 2021)", choices=LOSSES)
     asl_gamma_neg: float = option(4.0, "ASL focusing of negative labels", low=0)
     asl_gamma_pos: float = option(0.0, "ASL focusing of positive labels", low=0)

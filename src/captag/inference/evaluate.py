@@ -21,13 +21,13 @@ from captag.evaluation.speed import Timer, throughput
 from captag.files import ensure_parent, jsonable, write_text
 
 
-def _predictor(run_dir, engine: str, load):
+def _predictor(run_dir, engine: str, load, image_size: int | None = None):
     """`load(run_dir)` when given (e.g. `captag.deploy.load_predictor`, which also opens an
     exported folder), else the run folder's Predictor."""
     if load is not None:
-        return load(run_dir)
+        return load(run_dir, image_size) if image_size else load(run_dir)
     from captag.inference.predictor import Predictor
-    return Predictor(run_dir, engine)
+    return Predictor(run_dir, engine, image_size=image_size)
 
 
 def _image_dir(predictor, records, csv_path, images) -> Path | None:
@@ -58,16 +58,16 @@ def _only_split(records, wanted: set[str], split: str):
 
 def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_workers: int = 1,
                  engine: str = "auto", progress: bool = True, split: str | None = None,
-                 load=None) -> dict:
+                 load=None, image_size: int | None = None) -> dict:
     """Scores of the run's model with its tuned threshold on the labelled rows of `csv_path`,
     as strict-JSON-able values (a score that is NaN, e.g. the AP of a class without positives,
     is None).
 
     With `split` ('val' or 'train'), only the rows of that split of the run are scored.
     `load` (e.g. `captag.deploy.load_predictor`) opens `run_dir` instead of the run folder's
-    Predictor.
+    Predictor. `image_size` scores a run folder's model at another image side (FixRes).
     """
-    predictor = _predictor(run_dir, engine, load)
+    predictor = _predictor(run_dir, engine, load, image_size)
     wanted = _split_ids(predictor, split) if split else None
     records = read_records(csv_path, predictor.labels.ids)
     require_labels(records, csv_path, "evaluate")
@@ -91,7 +91,8 @@ def _scores(predictor, records, probs: np.ndarray) -> dict:
     return {
         **metrics, "n_samples": len(records), "threshold": threshold,
         "f1_samples_at_0.5": compute_metrics(targets, probs, 0.5, at_least_one)["f1_samples"],
-        "engine": info["model"]["engine"], "model_mb": sizes["model_mb"],
+        "engine": info["model"]["engine"], "image_size": sizes["image_size"],
+        "model_mb": sizes["model_mb"],
         "parameter_mb_fp32": sizes["parameter_mb_fp32"], "parameters": sizes["parameters"],
         "within_budget": check_budget(sizes["model_mb"]),
         "per_class": per_class_report(targets, probs, threshold, labels.ids, labels.names),

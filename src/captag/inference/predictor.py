@@ -24,7 +24,7 @@ from captag.data.dataset import CaptionedImages, Collate
 from captag.data.images import open_image
 from captag.data.records import Record
 from captag.data.transforms import build_transform
-from captag.errors import RunFolderError
+from captag.errors import ConfigError, RunFolderError
 from captag.evaluation.size import file_mb, parameter_count, parameter_mb
 from captag.files import read_json
 from captag.inference.inputs import check_inputs, is_single, results
@@ -83,11 +83,15 @@ class Predictor:
     model, its labels and threshold; nothing is exported or run until `predict_probs`."""
 
     @classmethod
-    def load(cls, path: str | Path, engine: str = "auto", device: str = "cpu") -> "Predictor":
+    def load(cls, path: str | Path, engine: str = "auto", device: str = "cpu",
+             image_size: int | None = None) -> "Predictor":
         """The predictor of a run folder (checked whole first)."""
-        return cls(path, engine, device)
+        return cls(path, engine, device, image_size)
 
-    def __init__(self, run_dir: str | Path, engine: str = "auto", device: str = "cpu"):
+    def __init__(self, run_dir: str | Path, engine: str = "auto", device: str = "cpu",
+                 image_size: int | None = None):
+        """`image_size` scores the images at another side than the run trained at (FixRes:
+        train low, test high); the run's ONNX graph has a fixed side, so it runs on torch."""
         self.run = RunFolder(run_dir)
         self.run.check()
         self.cfg = self.run.load_config()
@@ -95,7 +99,13 @@ class Predictor:
         self.threshold = self.run.load_threshold()
         self.model = self.run.load_model().to(device)
         self.device = device
-        use_onnx = engine in ("auto", "onnx") and device == "cpu" and onnx.available()
+        self.image_size = self.cfg.update(image_size=image_size or self.cfg.image_size).image_size
+        same_size = self.image_size == self.cfg.image_size
+        if engine == "onnx" and not same_size:
+            raise ConfigError(f"--image-size {self.image_size} needs --engine torch or auto: the "
+                              f"run's ONNX graph takes {self.cfg.image_size} px images.")
+        use_onnx = (engine in ("auto", "onnx") and device == "cpu" and onnx.available()
+                    and same_size)
         self.engine = "onnxruntime" if use_onnx else "torch"
         self._session = None
 
@@ -133,7 +143,7 @@ class Predictor:
                       "model_file_mb": round(file_mb(run.model), 1),
                       "parameters": parameter_count(self.model),
                       "parameter_mb_fp32": round(parameter_mb(self.model), 2),
-                      "image_size": cfg.image_size if self.has_image else None,
+                      "image_size": self.image_size if self.has_image else None,
                       "max_caption_tokens": self.model.text.max_length if self.model.text else 0},
             "provenance": {"kind": "run folder", "run": str(run.path),
                            "val_f1_samples": run.load_val_f1(),
@@ -157,7 +167,7 @@ class Predictor:
         image = self.model.image
         if image is None:
             return None
-        return build_transform(self.cfg.image_size, image.mean, image.std, train=False)
+        return build_transform(self.image_size, image.mean, image.std, train=False)
 
     def _loader(self, records, image_dir, batch_size: int, num_workers: int) -> DataLoader:
         image, text = self.model.image, self.model.text

@@ -26,7 +26,7 @@ class FusionModel(nn.Module):
 
     def __init__(self, image: ImageEncoder | None, text: TextEncoder | None,
                  num_labels: int = 18, dropout: float = RunConfig.dropout,
-                 csra: float = RunConfig.csra, csra_temperature: float = RunConfig.csra_temperature):
+                 csra: float = 0.0, csra_temperature: float = RunConfig.csra_temperature):
         super().__init__()
         if image is None and text is None:
             raise ValueError("A model needs an image encoder, a text encoder, or both.")

@@ -7,7 +7,7 @@ Names: `fusion` (the default encoders), `image-only`, `text-only`, an image enco
 
 from __future__ import annotations
 
-from captag.config import RunConfig
+from captag.config import AUTO_CSRA, RunConfig
 from captag.models.catalog import encoder_names
 from captag.models.fusion import FusionModel
 from captag.models.image import ImageEncoder
@@ -21,7 +21,7 @@ def create_model(model: str = "fusion", *, image_encoder: str = RunConfig.image_
                  text_encoder: str = RunConfig.text_encoder, image_weights: str | None = None,
                  text_weights: str | None = None, num_labels: int = 18,
                  dropout: float = RunConfig.dropout, max_length: int = RunConfig.max_length,
-                 text_config_dir: str | None = None, csra: float = RunConfig.csra,
+                 text_config_dir: str | None = None, csra: float = 0.0,
                  csra_temperature: float = RunConfig.csra_temperature) -> FusionModel:
     """Build the model that `model` names, with weights from package, file or hub.
 
@@ -37,6 +37,15 @@ def create_model(model: str = "fusion", *, image_encoder: str = RunConfig.image_
                        csra_temperature=csra_temperature)
 
 
+def csra_weight(cfg: RunConfig) -> float:
+    """`csra`, or when unset AUTO_CSRA for a model whose image encoder trains stages (the
+    attention needs their map), else 0."""
+    if cfg.csra is not None:
+        return cfg.csra
+    image, _ = encoder_names(cfg.model, cfg.image_encoder, cfg.text_encoder)
+    return AUTO_CSRA if image and cfg.image_trainable != 0 else 0.0
+
+
 def model_from_config(cfg: RunConfig, num_labels: int = 18, text_config_dir=None) -> FusionModel:
     """The model a run config describes, with its freeze cuts applied. With `text_config_dir`
     (a run folder's text_encoder/) the architecture only, to load a saved state into."""
@@ -44,7 +53,7 @@ def model_from_config(cfg: RunConfig, num_labels: int = 18, text_config_dir=None
                          image_weights=cfg.image_weights, text_weights=cfg.text_weights,
                          num_labels=num_labels, dropout=cfg.dropout, max_length=cfg.max_length,
                          text_config_dir=None if text_config_dir is None else str(text_config_dir),
-                         csra=cfg.csra, csra_temperature=cfg.csra_temperature)
+                         csra=csra_weight(cfg), csra_temperature=cfg.csra_temperature)
     model.freeze(cfg.image_trainable, cfg.text_trainable)
     return model
 

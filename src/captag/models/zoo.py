@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+from captag.config import RunConfig
 from captag.evaluation.size import BUDGET_MB, parameter_count, parameter_mb
 from captag.models import catalog
 from captag.models import weights as weights_lib
@@ -66,7 +67,7 @@ def meta_text_encoder(name: str, max_length: int = 64) -> TextEncoder:
 
 
 def describe(name: str, *, image_weights: str | None = None, text_weights: str | None = None,
-             image_encoder: str = "tf_efficientnet_lite0", text_encoder: str = "all-MiniLM-L6-v2",
+             image_encoder: str = RunConfig.image_encoder, text_encoder: str = RunConfig.text_encoder,
              num_labels: int = NUM_LABELS, max_length: int = 64) -> dict:
     """What `create_model(name)` builds: kind, exact size, budget, and where its weights are.
 

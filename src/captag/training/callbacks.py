@@ -1,10 +1,11 @@
-"""Lightning callbacks of a run: the per-epoch metrics.csv, RNG state kept for exact resume, and
-(for tests) a log of the training rows each process saw and a crash after a given epoch."""
+"""Lightning callbacks of a run: the per-epoch metrics.csv, RNG state kept for exact resume, the
+epoch planner of a time budget, and (for tests) a log of the training rows each process saw and a crash after a given epoch."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import random
 import signal
@@ -16,8 +17,50 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_f1_samples", "val_f1_micro", "val_f1_macro",
            "val_map", "seconds"]
+
+
+SAFETY = 1.1  # epochs are planned as if 10% slower than the first, so the last one fits
+
+
+class TimePlanner(L.Callback):
+    """Keeps a run to its time budget: training stops at the `deadline` (a time.perf_counter()
+    value), and with `plan` the first epoch is the speed probe that sets how many whole epochs,
+    validation included, fit before it (at most the run's max_epochs), with the learning rate
+    decaying over them. Until then the time-driven decay keeps the schedule on the budget."""
+
+    def __init__(self, deadline: float, plan: bool):
+        self.deadline, self.plan = deadline, plan
+        self._started = time.perf_counter()
+        self.planned: int | None = None
+
+    def on_train_start(self, trainer, module) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._stop_at_deadline(trainer)
+
+    def _stop_at_deadline(self, trainer) -> None:
+        """Rank 0's clock decides for every process, as Lightning's Timer does."""
+        if trainer.strategy.broadcast(time.perf_counter() >= self.deadline):
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self._stop_at_deadline(trainer)
+        if not self.plan or self.planned is not None:
+            return
+        now = time.perf_counter()
+        done = trainer.current_epoch + 1
+        epoch_seconds = (now - self._started) / done
+        more = max(int((self.deadline - now) // (SAFETY * epoch_seconds)), 0)
+        self.planned = trainer.strategy.broadcast(min(done + more, trainer.max_epochs))
+        trainer.fit_loop.max_epochs = self.planned
+        module.plan_epochs(self.planned, trainer.num_training_batches // trainer.accumulate_grad_batches)
+        log.info("time budget: %d epochs planned (%.0f s an epoch, %.0f s left)",
+                 self.planned, epoch_seconds, self.deadline - now)
 
 
 class MetricsCSV(L.Callback):

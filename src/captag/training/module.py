@@ -13,6 +13,7 @@ import torch
 from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
+from captag.config import DEFAULT_EPOCHS
 from captag.evaluation.metrics import compute_metrics
 from captag.models.fusion import FusionModel, model_inputs
 
@@ -77,12 +78,12 @@ class CaptagModule(L.LightningModule):
     def __init__(self, model: FusionModel, lr: float = 1e-4, head_lr: float = 1e-3,
                  weight_decay: float = 0.0, at_least_one: bool = True, schedule: str = "constant",
                  warmup: float = 0.0, loss: nn.Module | None = None, ema: float = 0.0,
-                 time_budget: float | None = None):
+                 deadline: float | None = None):
         super().__init__()
         self.model = model
         self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
         self.at_least_one = at_least_one
-        self.schedule, self.warmup, self.time_budget = schedule, warmup, time_budget
+        self.schedule, self.warmup, self.deadline = schedule, warmup, deadline
         self.loss = loss if loss is not None else nn.BCEWithLogitsLoss()
         self.ema = WeightEMA(model, ema) if ema else None
         self.ema_chosen = False  # whether this epoch's metrics are the EMA's
@@ -91,6 +92,7 @@ class CaptagModule(L.LightningModule):
         self.val_metrics: dict[str, float] = {}
         self.strict_loading = False  # checkpoints hold the trained part only
         self._fit_started = time.perf_counter()
+        self.total_steps, self.warm_steps = 1, 0  # set by configure_optimizers
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         frozen = self.model.frozen_keys()
@@ -164,25 +166,37 @@ class CaptagModule(L.LightningModule):
         optimizer = torch.optim.Adam(groups, weight_decay=self.weight_decay)
         if self.schedule == "constant":
             return optimizer
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        self.total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        self.warm_steps = int(self.warmup * self._warmup_base())
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total, self.warmup, self.schedule,
-                                              self._time_used()))
+            optimizer, lambda step: lr_factor(step, self.total_steps, self.warm_steps,
+                                              self.schedule, self._time_used()))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _warmup_base(self) -> int:
+        """The steps that `warmup` is a share of: all of them, or under a time budget (whose
+        epochs are planned after the first one) those of at most DEFAULT_EPOCHS epochs."""
+        if self.deadline is None:
+            return self.total_steps
+        per_epoch = self.total_steps / max(self.trainer.max_epochs, 1)
+        return round(per_epoch * min(self.trainer.max_epochs, DEFAULT_EPOCHS))
+
+    def plan_epochs(self, epochs: int, steps_per_epoch: int) -> None:
+        """Decay the learning rate over `epochs` epochs from now on (the time planner's plan)."""
+        self.total_steps = max(epochs * steps_per_epoch, 1)
 
     def _time_used(self) -> float:
-        """The share of the time budget spent since fitting started (0 without a budget)."""
-        if not self.time_budget:
+        """The share of the time until the deadline spent since fitting started (0 without)."""
+        if self.deadline is None:
             return 0.0
-        return (time.perf_counter() - self._fit_started) / self.time_budget
+        now = time.perf_counter()
+        return (now - self._fit_started) / max(self.deadline - self._fit_started, 1e-9)
 
 
-def lr_factor(step: int, total: int, warmup: float, schedule: str, time_used: float = 0.0) -> float:
-    """Linear warm-up over the first `warmup` fraction of steps, then linear or cosine decay,
+def lr_factor(step: int, total: int, warm: int, schedule: str, time_used: float = 0.0) -> float:
+    """Linear warm-up over the first `warm` steps, then linear or cosine decay to `total`,
     driven by the steps or, when further along, by the share of a time budget used."""
-    warm = int(total * warmup)
     if step < warm:
         return (step + 1) / warm
     progress = min(max((step - warm) / max(total - warm, 1), time_used), 1.0)

@@ -13,7 +13,6 @@ while the others wait, then read the split and the cache.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from captag.models.fusion import probabilities
 from captag.models.registry import model_from_config, weights_summary
 from captag.runs import RunFolder
 from captag.training.cache import FeatureCache
-from captag.training.callbacks import MetricsCSV, RngState, env_hooks
+from captag.training.callbacks import MetricsCSV, RngState, TimePlanner, env_hooks
 from captag.training.datamodule import CaptagDataModule
 from captag.training.module import CaptagModule, make_loss
 
@@ -129,26 +128,32 @@ def _prepare_folder(cfg: RunConfig | None, run: RunFolder, resume: bool) -> RunC
 FINISH_SHARE = 0.05  # of a time budget, kept for scoring and saving after fitting
 
 
+BUDGET_EPOCHS = 50  # the most epochs a time budget plans
+
+
 def planned_epochs(cfg: RunConfig, n_records: int, world_size: int) -> int:
-    """`epochs` when set; else DEFAULT_EPOCHS, raised so that training takes at least
-    `min_steps` optimiser steps on `n_records` rows."""
+    """`epochs` when set; under a time limit, BUDGET_EPOCHS, which `TimePlanner` lowers after
+    the first epoch; else DEFAULT_EPOCHS, raised so that training takes at least `min_steps`
+    optimiser steps on `n_records` rows."""
     if cfg.epochs is not None:
         return cfg.epochs
+    if cfg.time_limit is not None:
+        return BUDGET_EPOCHS
     train_rows = n_records - round(n_records * cfg.val_fraction)
     steps = max(math.ceil(train_rows / (cfg.batch_size * world_size)), 1)
     return max(DEFAULT_EPOCHS, math.ceil(cfg.min_steps / steps))
 
 
-def fit_budget(cfg: RunConfig, started: float) -> float | None:
-    """Seconds left for fitting under the time limit (None without one)."""
+def fit_deadline(cfg: RunConfig, started: float) -> float | None:
+    """The time.perf_counter() value by which fitting ends under the time limit (None
+    without one): the limit from `started`, less a share kept for scoring and saving."""
     if cfg.time_limit is None:
         return None
-    total = seconds(cfg.time_limit)
-    return max(total * (1 - FINISH_SHARE) - (time.perf_counter() - started), 1.0)
+    return started + seconds(cfg.time_limit) * (1 - FINISH_SHARE)
 
 
 def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate: bool,
-             budget: float | None):
+             deadline: float | None):
     best = ModelCheckpoint(dirpath=run.checkpoints, filename="best",
                            monitor="val_f1_samples" if validate else None, mode="max",
                            enable_version_counter=False)
@@ -158,8 +163,10 @@ def _trainer(cfg: RunConfig, run: RunFolder, callbacks, progress: bool, validate
     extra = [TQDMProgressBar(refresh_rate=10)] if progress else []
     if cfg.patience and validate:
         extra.append(EarlyStopping("val_f1_samples", mode="max", patience=cfg.patience))
+    if deadline is not None:
+        extra.append(TimePlanner(deadline, plan=cfg.epochs is None))
     return L.Trainer(
-        max_epochs=cfg.epochs or DEFAULT_EPOCHS, max_time=datetime.timedelta(seconds=budget) if budget else None,
+        max_epochs=cfg.epochs or DEFAULT_EPOCHS,
         accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes,
         precision=cfg.precision, deterministic=False, num_sanity_val_steps=0,
@@ -194,12 +201,12 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     data = CaptagDataModule(cfg, model, records, labels, image_dir, FeatureCache(cfg.cache_dir),
                             progress=progress)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # same run, warm cache or cold
-    budget = fit_budget(cfg, started)
+    deadline = fit_deadline(cfg, started)
     module = CaptagModule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.at_least_one,
                           cfg.schedule, cfg.warmup,
                           make_loss(cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip),
-                          cfg.ema, budget)
-    trainer = _trainer(cfg, run, callbacks, progress, cfg.val_fraction > 0, budget)
+                          cfg.ema, deadline)
+    trainer = _trainer(cfg, run, callbacks, progress, cfg.val_fraction > 0, deadline)
     trainer.fit_loop.max_epochs = planned_epochs(cfg, len(records.records), trainer.world_size)
     fit_started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Lightning's bars write to stdout

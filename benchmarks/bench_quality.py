@@ -1,0 +1,148 @@
+"""Ablation of issue 8's quality levers on the whole train.csv, one `captag train` per row.
+
+    python benchmarks/bench_quality.py [--rows default,asl,...] [--work DIR]
+                                       [--data ../shared/datasets/comp5329]
+
+Every row trains on the same seeded 80/20 split and tunes its threshold on its own validation
+rows, as `captag train` always does; no row is tuned on rows it reports. Rows share one
+feature cache under --work, so the first row at each image size pays for the cache
+(features_seconds) and the later ones find it warm; fit_seconds is comparable between rows.
+A finished row is not run again: delete its folder under --work to redo it.
+
+`fixres-*` rows train nothing: they score an earlier row's model at a larger image size
+(FixRes: train low, test high), with the threshold tuned on the same validation rows.
+
+Prints a table and writes benchmarks/results/quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "comp5329"
+SMALL_OBJECTS = ["car", "bench", "truck", "traffic light", "bicycle"]
+
+ROWS: dict[str, list[str]] = {
+    "default": [],
+    "asl": ["--loss", "asl"],
+    "csra": ["--csra", "0.1"],
+    "ema": ["--ema", "0.999"],
+    "asl+csra+ema": ["--loss", "asl", "--csra", "0.1", "--ema", "0.999"],
+    "288px+asl+csra": ["--image-size", "288", "--loss", "asl", "--csra", "0.1"],
+    "320px+asl+csra": ["--image-size", "320", "--loss", "asl", "--csra", "0.1"],
+    "lite2+320px+asl+csra": ["--image-encoder", "tf_efficientnet_lite2", "--image-size", "320",
+                             "--loss", "asl", "--csra", "0.1"],
+    "lite2+320px+asl+csra+60m": ["--image-encoder", "tf_efficientnet_lite2", "--image-size",
+                                 "320", "--loss", "asl", "--csra", "0.1", "--time-limit", "60m",
+                                 "--patience", "2"],
+}
+FIXRES: dict[str, tuple[str, int]] = {
+    "fixres-288(asl+csra+ema)": ("asl+csra+ema", 288),
+    "fixres-320(asl+csra+ema)": ("asl+csra+ema", 320),
+}
+
+
+def captag(*args: str, env: dict) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "captag.cli", "-q", *args], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"captag {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - started, done.stdout
+
+
+def scores(val: dict, per_class: list[dict]) -> dict:
+    recall = {c["name"]: round(c["recall"], 3) for c in per_class if c["name"] in SMALL_OBJECTS}
+    return {"f1_samples": round(val["f1_samples"], 4), "f1_micro": round(val["f1_micro"], 4),
+            "f1_macro": round(val["f1_macro"], 4), "map": round(val["map"], 4),
+            "recall": {name: recall[name] for name in SMALL_OBJECTS}}
+
+
+def train_row(name: str, args: list[str], data: Path, work: Path, env: dict) -> dict:
+    run = work / name
+    if not (run / "summary.json").exists():
+        captag("train", "--csv", str(data / "train.csv"), "--out", str(run), *args, env=env)
+    summary = json.loads((run / "summary.json").read_text())
+    return {"row": name, "args": " ".join(args), **scores(summary["val"], summary["val_per_class"]),
+            "threshold": summary["threshold"], "epochs_run": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"], "features_seconds": summary["features_seconds"],
+            "fit_seconds": summary["fit_seconds"], "train_seconds": summary["train_seconds"]}
+
+
+def fixres_row(name: str, source: str, size: int, data: Path, work: Path, env: dict) -> dict:
+    """The `source` row's model scored on its validation rows at `size` px, its threshold tuned
+    there as `captag train` tunes every row's (the trained one is kept beside it)."""
+    probs_path, run = work / f"{name}.npy", work / source
+    from captag.data import read_records
+    from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
+    from captag.inference.predictor import Predictor
+    os.environ["CAPTAG_CACHE"] = env["CAPTAG_CACHE"]
+    predictor = Predictor(run, image_size=size)
+    val_ids = set(predictor.load_split()[1])
+    records = [r for r in read_records(data / "train.csv") if r.image_id in val_ids]
+    started = time.perf_counter()
+    if not probs_path.exists():
+        np.save(probs_path, predictor.predict_probs(records, data / "data", progress=False))
+    seconds = time.perf_counter() - started
+    probs, labels = np.load(probs_path), predictor.labels
+    targets = labels.encode_many([r.labels for r in records])
+    threshold, _ = tune_threshold(targets, probs)
+    trained = compute_metrics(targets, probs, predictor.threshold)
+    return {"row": name, "args": f"{source}'s model at --image-size {size}",
+            **scores(compute_metrics(targets, probs, threshold),
+                     per_class_report(targets, probs, threshold, labels.ids, labels.names)),
+            "threshold": threshold, "f1_samples_at_trained_threshold": round(trained["f1_samples"], 4),
+            "predict_seconds": round(seconds, 1)}
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ["row", "f1_samples", "f1_micro", "f1_macro", "map", *SMALL_OBJECTS, "fit_s", "train_s"]
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        cells = [r["row"], r["f1_samples"], r["f1_micro"], r["f1_macro"], r["map"],
+                 *(r["recall"][c] for c in SMALL_OBJECTS), r.get("fit_seconds", ""),
+                 r.get("train_seconds", "")]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: "
+                        + ", ".join([*ROWS, *FIXRES]))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, default=Path("quality-runs"))
+    args = parser.parse_args()
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS and n not in FIXRES]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {[*ROWS, *FIXRES]}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CAPTAG_CACHE": str(args.work / "cache")}
+    results_path = HERE / "results" / "quality.json"
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {"rows": {}}
+    rows = []
+    for name in names:
+        if name in ROWS:
+            row = train_row(name, ROWS[name], args.data, args.work, env)
+        else:
+            row = fixres_row(name, *FIXRES[name], args.data, args.work, env)
+        rows.append(row)
+        saved["rows"][name] = row
+        saved["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+        results_path.write_text(json.dumps(saved, indent=2) + "\n")
+        print_table(rows)
+    print(f"\nsaved {results_path}")
+
+
+if __name__ == "__main__":
+    main()
