@@ -139,3 +139,15 @@ def test_a_typo_in_a_config_file_stops_the_command(tmp_path):
 def test_a_typo_in_an_option_suggests_the_nearest_one(tmp_path):
     done = _captag("train", "--out", str(tmp_path), "--val-fractoin", "0.1")
     assert done.returncode == 2 and "did you mean '--val-fraction'" in done.stderr
+
+
+def test_fsdp_on_cpu_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="fsdp needs GPUs"):
+        RunConfig(strategy="fsdp", accelerator="cpu")
+    import torch
+    if torch.cuda.is_available():
+        return
+    from captag.cli import main
+    assert main(["train", "--csv", str(MINI), "--out", str(tmp_path / "run"),
+                 "--strategy", "fsdp"]) == 2
+    assert "fsdp needs GPUs" in capsys.readouterr().err

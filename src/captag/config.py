@@ -23,6 +23,8 @@ from captag.errors import ConfigError, DataNotFoundError
 
 SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("bce", "asl")
+FSDP_NEEDS_GPU = ("strategy: fsdp needs GPUs (Lightning's FSDP runs on CUDA only): use "
+                  "--accelerator gpu, or --strategy ddp for CPU processes.")
 AUTO_CSRA = 0.1  # csra when unset and the image encoder trains (needs its map)
 DEFAULT_EPOCHS = 3
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -121,6 +123,8 @@ class RunConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ConfigError(FSDP_NEEDS_GPU)
 
     @classmethod
     def from_dict(cls, data, source: str = "config") -> "RunConfig":

@@ -26,12 +26,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import move_data_to_device
 
-from captag.config import DEFAULT_EPOCHS, RunConfig, seconds
+from captag.config import DEFAULT_EPOCHS, FSDP_NEEDS_GPU, RunConfig, seconds
 from captag.data import LabelMap, read_records, resolve_image_dir, split_ids
 from captag.data.images import screen_images
 from captag.data.records import require_labels
 from captag.data.split import load_split, save_split
-from captag.errors import RunFolderError
+from captag.errors import ConfigError, RunFolderError
 from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
                                        tune_threshold)
 from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
@@ -188,6 +188,8 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False, callback
 def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -> dict:
     started = time.perf_counter()
     cfg = _prepare_folder(cfg, run, resume)
+    if cfg.strategy == "fsdp" and not torch.cuda.is_available():
+        raise ConfigError(FSDP_NEEDS_GPU)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     labels = LabelMap.default()
     records = read_records(cfg.csv, labels.ids)
