@@ -79,22 +79,24 @@ def train_row(name: str, args: list[str], data: Path, work: Path, env: dict) -> 
             "fit_seconds": summary["fit_seconds"], "train_seconds": summary["train_seconds"]}
 
 
-def fixres_row(name: str, source: str, size: int, data: Path, work: Path, env: dict) -> dict:
+def fixres_row(name: str, source: str, size: int, data: Path, work: Path) -> dict:
     """The `source` row's model scored on its validation rows at `size` px, its threshold tuned
-    there as `captag train` tunes every row's (the trained one is kept beside it)."""
-    probs_path, run = work / f"{name}.npy", work / source
+    there as `captag train` tunes every row's (the trained one is kept beside it). The
+    probabilities and the seconds they took are kept in WORK/NAME.npz."""
+    saved, run = work / f"{name}.npz", work / source
     from captag.data import read_records
     from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
     from captag.inference.predictor import Predictor
-    os.environ["CAPTAG_CACHE"] = env["CAPTAG_CACHE"]
-    predictor = Predictor(run, image_size=size)
+    predictor = Predictor(run, image_size=size)  # torch at another size: no ONNX cache used
     val_ids = set(predictor.load_split()[1])
     records = [r for r in read_records(data / "train.csv") if r.image_id in val_ids]
-    started = time.perf_counter()
-    if not probs_path.exists():
-        np.save(probs_path, predictor.predict_probs(records, data / "data", progress=False))
-    seconds = time.perf_counter() - started
-    probs, labels = np.load(probs_path), predictor.labels
+    if not saved.exists():
+        started = time.perf_counter()
+        probs = predictor.predict_probs(records, data / "data", progress=False)
+        np.savez(saved, probs=probs, seconds=time.perf_counter() - started)
+    with np.load(saved) as stored:
+        probs, seconds = stored["probs"], float(stored["seconds"])
+    labels = predictor.labels
     targets = labels.encode_many([r.labels for r in records])
     threshold, _ = tune_threshold(targets, probs)
     trained = compute_metrics(targets, probs, predictor.threshold)
@@ -135,7 +137,7 @@ def main() -> None:
         if name in ROWS:
             row = train_row(name, ROWS[name], args.data, args.work, env)
         else:
-            row = fixres_row(name, *FIXRES[name], args.data, args.work, env)
+            row = fixres_row(name, *FIXRES[name], args.data, args.work)
         rows.append(row)
         saved["rows"][name] = row
         saved["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}

@@ -25,7 +25,7 @@ def _predictor(run_dir, engine: str, load, image_size: int | None = None):
     """`load(run_dir)` when given (e.g. `captag.deploy.load_predictor`, which also opens an
     exported folder), else the run folder's Predictor."""
     if load is not None:
-        return load(run_dir, image_size) if image_size else load(run_dir)
+        return load(run_dir, image_size=image_size) if image_size else load(run_dir)
     from captag.inference.predictor import Predictor
     return Predictor(run_dir, engine, image_size=image_size)
 

@@ -99,7 +99,7 @@ class Predictor:
         self.threshold = self.run.load_threshold()
         self.model = self.run.load_model().to(device)
         self.device = device
-        self.image_size = self.cfg.update(image_size=image_size or self.cfg.image_size).image_size
+        self.image_size = self.cfg.update(image_size=image_size).image_size  # checked; None: the run's
         same_size = self.image_size == self.cfg.image_size
         if engine == "onnx" and not same_size:
             raise ConfigError(f"--image-size {self.image_size} needs --engine torch or auto: the "

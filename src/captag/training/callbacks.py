@@ -1,5 +1,6 @@
 """Lightning callbacks of a run: the per-epoch metrics.csv, RNG state kept for exact resume, the
-epoch planner of a time budget, and (for tests) a log of the training rows each process saw and a crash after a given epoch."""
+epoch planner of a time budget, and (for tests) a log of the training rows each process saw and
+a crash after a given epoch."""
 
 from __future__ import annotations
 
