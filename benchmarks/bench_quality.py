@@ -32,19 +32,26 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "comp5329"
 SMALL_OBJECTS = ["car", "bench", "truck", "traffic light", "bicycle"]
 
+# the recipe before issue 8 (the defaults until then), which the first rows add levers to
+BEFORE = ["--image-encoder", "tf_efficientnet_lite0", "--image-size", "224", "--loss", "bce",
+          "--csra", "0"]
+LITE2_320 = ["--image-encoder", "tf_efficientnet_lite2", "--image-size", "320"]
 ROWS: dict[str, list[str]] = {
-    "default": [],
-    "asl": ["--loss", "asl"],
-    "csra": ["--csra", "0.1"],
-    "ema": ["--ema", "0.999"],
-    "asl+csra+ema": ["--loss", "asl", "--csra", "0.1", "--ema", "0.999"],
-    "288px+asl+csra": ["--image-size", "288", "--loss", "asl", "--csra", "0.1"],
-    "320px+asl+csra": ["--image-size", "320", "--loss", "asl", "--csra", "0.1"],
-    "lite2+320px+asl+csra": ["--image-encoder", "tf_efficientnet_lite2", "--image-size", "320",
-                             "--loss", "asl", "--csra", "0.1"],
-    "lite2+320px+asl+csra+60m": ["--image-encoder", "tf_efficientnet_lite2", "--image-size",
-                                 "320", "--loss", "asl", "--csra", "0.1", "--time-limit", "60m",
-                                 "--patience", "2"],
+    "before": BEFORE,
+    "asl": [*BEFORE, "--loss", "asl"],
+    "csra": [*BEFORE, "--csra", "0.1"],
+    "ema": [*BEFORE, "--ema", "0.999"],
+    "asl+csra+ema": [*BEFORE, "--loss", "asl", "--csra", "0.1", "--ema", "0.999"],
+    "288px+asl+csra": [*BEFORE, "--image-size", "288", "--loss", "asl", "--csra", "0.1"],
+    "320px+asl+csra": [*BEFORE, "--image-size", "320", "--loss", "asl", "--csra", "0.1"],
+    "lite2+320px+asl+csra": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1"],
+    "lite2+320px+asl+csra+60m": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
+                                 "--time-limit", "60m", "--patience", "2"],
+    # levers on top of the new default (Lite2, 320 px, ASL, CSRA 0.1)
+    "default+csra0.3": ["--csra", "0.3"],
+    "default+gamma_neg2": ["--asl-gamma-neg", "2"],
+    "default+image4": ["--image-trainable", "4"],
+    "default+text4": ["--text-trainable", "4"],
 }
 FIXRES: dict[str, tuple[str, int]] = {
     "fixres-288(asl+csra+ema)": ("asl+csra+ema", 288),

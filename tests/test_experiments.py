@@ -242,8 +242,8 @@ def test_the_study_trains_frozen_heads_to_convergence_and_adds_the_default_recip
     from captag.experiments.study import FROZEN, base_config, default_recipe
     base = base_config(None, "data.csv")
     assert (base.epochs, base.patience, base.image_trainable, base.text_trainable) == (50, 5, 0, 0)
-    assert FROZEN["epochs"] == 50
+    assert FROZEN["epochs"] == 50 and base.image_size == 224
     name, group, cfg = default_recipe(base.update(seed=3))
     assert group == "compare" and name.startswith("captag-default-fusion-")
-    assert cfg == RunConfig(csv="data.csv", seed=3)
+    assert cfg == RunConfig(csv="data.csv", seed=3) and cfg.image_size == RunConfig().image_size
     assert run_name(base.update(model=FUSED)).endswith("-ep50-es5")
