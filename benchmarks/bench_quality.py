@@ -11,6 +11,8 @@ A finished row is not run again: delete its folder under --work to redo it.
 
 `fixres-*` rows train nothing: they score an earlier row's model at a larger image size
 (FixRes: train low, test high), with the threshold tuned on the same validation rows.
+`recall-at-*` rows compare two rows' models on the small-object classes at equal precision.
+`mean:*` rows average the probabilities of trained rows' models (all on the same split).
 
 Prints a table and writes benchmarks/results/quality.json.
 """
@@ -57,6 +59,14 @@ FIXRES: dict[str, tuple[str, int]] = {
     "fixres-288(asl+csra+ema)": ("asl+csra+ema", 288),
     "fixres-320(asl+csra+ema)": ("asl+csra+ema", 320),
 }
+ENSEMBLES: dict[str, tuple[str, ...]] = {
+    "mean:lite2+320px+asl+csra&default+image4": ("lite2+320px+asl+csra", "default+image4"),
+}
+MATCHED: dict[str, tuple[str, str]] = {
+    "recall-at-before's-precision(lite2+320px+asl+csra)": ("before", "lite2+320px+asl+csra"),
+}
+
+CHOICES = [*ROWS, *FIXRES, *ENSEMBLES, *MATCHED]
 
 
 def captag(*args: str, env: dict) -> tuple[float, str]:
@@ -86,15 +96,12 @@ def train_row(name: str, args: list[str], data: Path, work: Path, env: dict) -> 
             "fit_seconds": summary["fit_seconds"], "train_seconds": summary["train_seconds"]}
 
 
-def fixres_row(name: str, source: str, size: int, data: Path, work: Path) -> dict:
-    """The `source` row's model scored on its validation rows at `size` px, its threshold tuned
-    there as `captag train` tunes every row's (the trained one is kept beside it). The
-    probabilities and the seconds they took are kept in WORK/NAME.npz."""
-    saved, run = work / f"{name}.npz", work / source
+def val_probs(run: Path, data: Path, saved: Path, size: int | None = None):
+    """(targets, probabilities, predict seconds, predictor) of a run's model on its validation
+    rows, at `size` px (None: the run's own); the probabilities and seconds are kept in `saved`."""
     from captag.data import read_records
-    from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
     from captag.inference.predictor import Predictor
-    predictor = Predictor(run, image_size=size)  # torch at another size: no ONNX cache used
+    predictor = Predictor(run, image_size=size)  # torch: no ONNX cache used
     val_ids = set(predictor.load_split()[1])
     records = [r for r in read_records(data / "train.csv") if r.image_id in val_ids]
     if not saved.exists():
@@ -103,8 +110,15 @@ def fixres_row(name: str, source: str, size: int, data: Path, work: Path) -> dic
         np.savez(saved, probs=probs, seconds=time.perf_counter() - started)
     with np.load(saved) as stored:
         probs, seconds = stored["probs"], float(stored["seconds"])
+    return predictor.labels.encode_many([r.labels for r in records]), probs, seconds, predictor
+
+
+def fixres_row(name: str, source: str, size: int, data: Path, work: Path) -> dict:
+    """The `source` row's model scored on its validation rows at `size` px, its threshold tuned
+    there as `captag train` tunes every row's (the trained one is kept beside it)."""
+    from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
+    targets, probs, seconds, predictor = val_probs(work / source, data, work / f"{name}.npz", size)
     labels = predictor.labels
-    targets = labels.encode_many([r.labels for r in records])
     threshold, _ = tune_threshold(targets, probs)
     trained = compute_metrics(targets, probs, predictor.threshold)
     return {"row": name, "args": f"{source}'s model at --image-size {size}",
@@ -114,11 +128,46 @@ def fixres_row(name: str, source: str, size: int, data: Path, work: Path) -> dic
             "predict_seconds": round(seconds, 1)}
 
 
+def ensemble_row(name: str, members: tuple[str, ...], data: Path, work: Path) -> dict:
+    """The mean of the members' probabilities on their (shared) validation rows, the threshold
+    tuned there: what averaging trained models would give, without training anything."""
+    from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
+    scored = [val_probs(work / m, data, work / f"{m}.npz") for m in members]
+    targets, labels = scored[0][0], scored[0][3].labels
+    probs = np.mean([p for _, p, _, _ in scored], axis=0)
+    threshold, _ = tune_threshold(targets, probs)
+    return {"row": name, "args": "mean probability of " + ", ".join(members),
+            **scores(compute_metrics(targets, probs, threshold),
+                     per_class_report(targets, probs, threshold, labels.ids, labels.names)),
+            "threshold": threshold, "predict_seconds": round(sum(s for _, _, s, _ in scored), 1)}
+
+
+def matched_row(name: str, base: str, new: str, data: Path, work: Path) -> dict:
+    """The `new` row's recall of each small-object class at the precision that the `base` row
+    has at its own tuned threshold: the most recall among the new model's thresholds whose
+    precision is at least the base's. Both models are scored on the same validation rows."""
+    from sklearn.metrics import precision_recall_curve
+
+    from captag.evaluation.metrics import per_class_report
+    targets, base_probs, _, base_model = val_probs(work / base, data, work / f"{base}.npz")
+    _, new_probs, _, _ = val_probs(work / new, data, work / f"{new}.npz")
+    names = base_model.labels.names
+    report = per_class_report(targets, base_probs, base_model.threshold, base_model.labels.ids, names)
+    matched, recall = {c["name"]: c["precision"] for c in report}, {}
+    for name_ in SMALL_OBJECTS:
+        c = names.index(name_)
+        precision, recalls, _ = precision_recall_curve(targets[:, c], new_probs[:, c])
+        recall[name_] = round(float(recalls[precision >= matched[name_]].max()), 3)
+    return {"row": name, "args": f"{new}'s recall at {base}'s precision",
+            "precision_matched": {n: round(matched[n], 3) for n in SMALL_OBJECTS},
+            "recall": recall}
+
+
 def print_table(rows: list[dict]) -> None:
     head = ["row", "f1_samples", "f1_micro", "f1_macro", "map", *SMALL_OBJECTS, "fit_s", "train_s"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
-        cells = [r["row"], r["f1_samples"], r["f1_micro"], r["f1_macro"], r["map"],
+        cells = [r["row"], *(r.get(k, "") for k in ("f1_samples", "f1_micro", "f1_macro", "map")),
                  *(r["recall"][c] for c in SMALL_OBJECTS), r.get("fit_seconds", ""),
                  r.get("train_seconds", "")]
         print("| " + " | ".join(str(c) for c in cells) + " |")
@@ -127,14 +176,14 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: "
-                        + ", ".join([*ROWS, *FIXRES]))
+                        + ", ".join(CHOICES))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=Path("quality-runs"))
     args = parser.parse_args()
     names = args.rows.split(",")
-    unknown = [n for n in names if n not in ROWS and n not in FIXRES]
+    unknown = [n for n in names if n not in CHOICES]
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {[*ROWS, *FIXRES]}")
+        parser.error(f"unknown rows {unknown}; choose from {CHOICES}")
     args.work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CAPTAG_CACHE": str(args.work / "cache")}
     results_path = HERE / "results" / "quality.json"
@@ -143,8 +192,12 @@ def main() -> None:
     for name in names:
         if name in ROWS:
             row = train_row(name, ROWS[name], args.data, args.work, env)
-        else:
+        elif name in FIXRES:
             row = fixres_row(name, *FIXRES[name], args.data, args.work)
+        elif name in ENSEMBLES:
+            row = ensemble_row(name, ENSEMBLES[name], args.data, args.work)
+        else:
+            row = matched_row(name, *MATCHED[name], args.data, args.work)
         rows.append(row)
         saved["rows"][name] = row
         saved["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}

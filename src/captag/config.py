@@ -84,7 +84,7 @@ class RunConfig:
     batch_size: int = option(32, "batch size", low=1)
     loss: str = option("asl", "training loss: bce (binary cross-entropy) or asl (asymmetric "
                               "loss, Ridnik et al. 2021)", choices=LOSSES)
-    asl_gamma_neg: float = option(4.0, "ASL focusing of negative labels", low=0)
+    asl_gamma_neg: float = option(2.0, "ASL focusing of negative labels", low=0)
     asl_gamma_pos: float = option(0.0, "ASL focusing of positive labels", low=0)
     asl_clip: float = option(0.05, "ASL probability margin shifted onto negatives", low=0, high=1,
                              high_open=True)

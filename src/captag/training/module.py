@@ -13,13 +13,14 @@ import torch
 from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
-from captag.config import DEFAULT_EPOCHS
+from captag.config import DEFAULT_EPOCHS, RunConfig
 from captag.evaluation.metrics import compute_metrics
 from captag.models.fusion import FusionModel, model_inputs
 
 
-def make_loss(name: str = "bce", gamma_neg: float = 4.0, gamma_pos: float = 0.0,
-              clip: float = 0.05) -> nn.Module:
+def make_loss(name: str = "bce", gamma_neg: float = RunConfig.asl_gamma_neg,
+              gamma_pos: float = RunConfig.asl_gamma_pos,
+              clip: float = RunConfig.asl_clip) -> nn.Module:
     """The training loss: BCE with logits, or timm's asymmetric loss (mean over labels)."""
     if name == "asl":
         return AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip,
