@@ -34,9 +34,10 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "comp5329"
 SMALL_OBJECTS = ["car", "bench", "truck", "traffic light", "bicycle"]
 
-# the recipe before issue 8 (the defaults until then), which the first rows add levers to
+# the recipe before issue 8 (the defaults until then), which every row adds its levers to;
+# gamma_neg 4 was ASL's default when the ASL rows ran
 BEFORE = ["--image-encoder", "tf_efficientnet_lite0", "--image-size", "224", "--loss", "bce",
-          "--csra", "0"]
+          "--csra", "0", "--asl-gamma-neg", "4"]
 LITE2_320 = ["--image-encoder", "tf_efficientnet_lite2", "--image-size", "320"]
 ROWS: dict[str, list[str]] = {
     "before": BEFORE,
@@ -49,18 +50,20 @@ ROWS: dict[str, list[str]] = {
     "lite2+320px+asl+csra": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1"],
     "lite2+320px+asl+csra+60m": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
                                  "--time-limit", "60m", "--patience", "2"],
-    # levers on top of the new default (Lite2, 320 px, ASL, CSRA 0.1)
-    "default+csra0.3": ["--csra", "0.3"],
-    "default+gamma_neg2": ["--asl-gamma-neg", "2"],
-    "default+image4": ["--image-trainable", "4"],
-    "default+text4": ["--text-trainable", "4"],
+    "lite2+320px+asl+csra0.3": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.3"],
+    "lite2+320px+asl+csra+image4": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
+                                    "--image-trainable", "4"],
+    "lite2+320px+asl(gamma_neg2)+csra": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
+                                         "--asl-gamma-neg", "2"],  # the default now
+    "default+flip+6ep": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
+                         "--asl-gamma-neg", "2", "--feature-flip", "0.5", "--epochs", "6"],
 }
 FIXRES: dict[str, tuple[str, int]] = {
     "fixres-288(asl+csra+ema)": ("asl+csra+ema", 288),
     "fixres-320(asl+csra+ema)": ("asl+csra+ema", 320),
 }
 ENSEMBLES: dict[str, tuple[str, ...]] = {
-    "mean:lite2+320px+asl+csra&default+image4": ("lite2+320px+asl+csra", "default+image4"),
+    "mean:lite2+320px+asl+csra&image4": ("lite2+320px+asl+csra", "lite2+320px+asl+csra+image4"),
 }
 MATCHED: dict[str, tuple[str, str]] = {
     "recall-at-before's-precision(lite2+320px+asl+csra)": ("before", "lite2+320px+asl+csra"),

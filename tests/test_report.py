@@ -163,3 +163,15 @@ def test_sweep_series_groups_rows_by_the_option_that_differs():
     assert sorted(series) == ["batch_size", "lr"]
     assert sorted(series["lr"]) == [(1e-4, 0.8), (1e-3, 0.7)]
     assert sorted(series["batch_size"]) == [(32.0, 0.8), (64.0, 0.75)]
+
+
+def test_a_plot_widens_until_its_longest_name_fits(tmp_path):
+    from matplotlib.text import Text
+
+    from captag.experiments.plots import new_figure, save
+    figure, (ax,) = new_figure(4, 3)
+    ax.text(0.5, 0.5, "a model name that is far too long for a four-inch figure " * 3)
+    save(figure, tmp_path / "long.png")
+    renderer = figure.canvas.get_renderer()
+    ends = [t.get_window_extent(renderer).x1 for t in figure.findobj(Text) if t.get_text()]
+    assert figure.get_size_inches()[0] > 4 and max(ends) <= figure.bbox.x1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 DPI = 100
 MAX_LABEL = 28
@@ -28,8 +29,22 @@ def new_figure(width: float, height: float, rows: int = 1, cols: int = 1):
 def save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
+    widen_to_fit(figure)
     figure.savefig(path, format="png")
     return path
+
+
+def widen_to_fit(figure: Figure, tries: int = 6) -> None:
+    """Widen the figure until every text in it (a long model name, say) ends inside it."""
+    for _ in range(tries):
+        renderer = figure.canvas.get_renderer()
+        right = max((t.get_window_extent(renderer).x1 for t in figure.findobj(Text)
+                     if t.get_visible() and t.get_text()), default=0.0)
+        if right <= figure.bbox.x1:
+            return
+        width, height = figure.get_size_inches()
+        figure.set_size_inches(width * right / figure.bbox.x1 * 1.02, height)
+        figure.tight_layout()
 
 
 def short(text: str, limit: int = MAX_LABEL) -> str:
@@ -107,7 +122,8 @@ def class_order(series: dict[str, list[dict]]) -> list[tuple[str, str]]:
     return list(order.items())
 
 
-OFFSETS = ((5, 4), (5, -11), (-13, 4), (-13, -11))  # neighbours' numbers point apart
+# neighbours' numbers point apart, each tied to its point by a thin line
+OFFSETS = ((9, 7), (9, -15), (-17, 7), (-17, -15))
 
 
 def size_scatter(points: list[tuple[str, float, float]], path: Path, budget_mb: float,
@@ -124,7 +140,8 @@ def size_scatter(points: list[tuple[str, float, float]], path: Path, budget_mb: 
         _, size, f1 = ranked[i]
         ax.scatter([size], [f1], s=36, color=f"C{i % 10}")
         ax.annotate(str(i + 1), (size, f1), textcoords="offset points", fontsize=8,
-                    xytext=OFFSETS[order % len(OFFSETS)], color=f"C{i % 10}")
+                    xytext=OFFSETS[order % len(OFFSETS)], color=f"C{i % 10}",
+                    arrowprops=dict(arrowstyle="-", color=f"C{i % 10}", lw=0.6, shrinkB=3))
     ax.axvline(budget_mb, color="red", linestyle="--", label=f"{budget_mb:g} MB budget")
     largest = max([size for _, size, _ in ranked] + [budget_mb])
     ax.set_xlim(0, largest * 1.1)
