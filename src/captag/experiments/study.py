@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 SEED_GRID = "batch_size=16,32,64 lr=1e-5,1e-4,1e-3 epochs=2,3,4"
 SEED_BASE = {"batch_size": 16, "lr": 1e-4, "epochs": 3}
 # frozen encoders: the head trains on cached features (seconds an epoch) until validation
-# samples-F1 stops rising, up to 50 epochs; at 224 px, the size the encoders were pretrained
-# at, which halves the feature extraction of 320 px (the default recipe's row trains at 320)
+# samples-F1 stops rising, up to 50 epochs; at 224 px (ImageNet's usual size), which halves
+# the feature extraction of 320 px (the default recipe's row trains at 320)
 FROZEN = dict(image_trainable=0, text_trainable=0, epochs=50, patience=5, image_size=224)
 
 
