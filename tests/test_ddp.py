@@ -83,8 +83,7 @@ def check_evaluate(run: Path, csv: Path, cache: Path) -> dict:
     assert evaluated["n_samples"] == summary["val"]["n_samples"]
     # training scores the float16 feature cache, evaluate the pixels: near-tied scores of these
     # barely trained models may swap (one swap in a class with few positives moves mAP by about
-    # 0.01), and
-    # at most one row's labels may cross the threshold
+    # 0.01), and at most one row's labels may cross the threshold
     assert evaluated["map"] == pytest.approx(summary["val"]["map"], abs=0.01)
     assert evaluated["f1_samples"] == pytest.approx(summary["val"]["f1_samples"],
                                                     abs=1 / summary["val"]["n_samples"])
