@@ -104,7 +104,7 @@ def val_probs(run: Path, data: Path, saved: Path, size: int | None = None):
     rows, at `size` px (None: the run's own); the probabilities and seconds are kept in `saved`."""
     from captag.data import read_records
     from captag.inference.predictor import Predictor
-    predictor = Predictor(run, image_size=size)  # torch: no ONNX cache used
+    predictor = Predictor(run, image_size=size)  # at another size than the run's: on torch
     val_ids = set(predictor.load_split()[1])
     records = [r for r in read_records(data / "train.csv") if r.image_id in val_ids]
     if not saved.exists():
@@ -116,33 +116,37 @@ def val_probs(run: Path, data: Path, saved: Path, size: int | None = None):
     return predictor.labels.encode_many([r.labels for r in records]), probs, seconds, predictor
 
 
+def tuned_scores(targets, probs, labels) -> dict:
+    """The scores and the threshold of `probs`, that threshold tuned on these rows as
+    `captag train` tunes every run's."""
+    from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
+    threshold, _ = tune_threshold(targets, probs)
+    return {**scores(compute_metrics(targets, probs, threshold),
+                     per_class_report(targets, probs, threshold, labels.ids, labels.names)),
+            "threshold": threshold}
+
+
 def fixres_row(name: str, source: str, size: int, data: Path, work: Path) -> dict:
     """The `source` row's model scored on its validation rows at `size` px, its threshold tuned
     there as `captag train` tunes every row's (the trained one is kept beside it)."""
-    from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
+    from captag.evaluation.metrics import compute_metrics
     targets, probs, seconds, predictor = val_probs(work / source, data, work / f"{name}.npz", size)
-    labels = predictor.labels
-    threshold, _ = tune_threshold(targets, probs)
     trained = compute_metrics(targets, probs, predictor.threshold)
     return {"row": name, "args": f"{source}'s model at --image-size {size}",
-            **scores(compute_metrics(targets, probs, threshold),
-                     per_class_report(targets, probs, threshold, labels.ids, labels.names)),
-            "threshold": threshold, "f1_samples_at_trained_threshold": round(trained["f1_samples"], 4),
+            **tuned_scores(targets, probs, predictor.labels),
+            "f1_samples_at_trained_threshold": round(trained["f1_samples"], 4),
             "predict_seconds": round(seconds, 1)}
 
 
 def ensemble_row(name: str, members: tuple[str, ...], data: Path, work: Path) -> dict:
     """The mean of the members' probabilities on their (shared) validation rows, the threshold
     tuned there: what averaging trained models would give, without training anything."""
-    from captag.evaluation.metrics import compute_metrics, per_class_report, tune_threshold
     scored = [val_probs(work / m, data, work / f"{m}.npz") for m in members]
     targets, labels = scored[0][0], scored[0][3].labels
     probs = np.mean([p for _, p, _, _ in scored], axis=0)
-    threshold, _ = tune_threshold(targets, probs)
     return {"row": name, "args": "mean probability of " + ", ".join(members),
-            **scores(compute_metrics(targets, probs, threshold),
-                     per_class_report(targets, probs, threshold, labels.ids, labels.names)),
-            "threshold": threshold, "predict_seconds": round(sum(s for _, _, s, _ in scored), 1)}
+            **tuned_scores(targets, probs, labels),
+            "predict_seconds": round(sum(s for _, _, s, _ in scored), 1)}
 
 
 def matched_row(name: str, base: str, new: str, data: Path, work: Path) -> dict:
