@@ -2,10 +2,12 @@
 micro-batching, and that /predict answers what Predictor.predict answers for the same bytes."""
 
 import asyncio
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 
@@ -142,9 +144,14 @@ def test_wrong_fields_are_named(client, files, data, words):
     assert answer.status_code == 422 and words in answer.json()["detail"], answer.text
 
 
-def test_a_caption_over_100_kb_is_refused(client):
+def test_a_caption_over_100_kb_is_refused_naming_the_field(client):
     answer = post(client, caption="a" * 200_000)
-    assert answer.status_code == 400 and "maximum size" in answer.json()["detail"]
+    assert answer.status_code == 413, answer.text
+    assert "caption: 200 KB, over the 100 KB limit" in answer.json()["detail"]
+    files = [("images", ("a.jpg", JPEG, "image/jpeg"))] * 2
+    answer = client.post("/predict/batch", files=files, data={"captions": ["a bus", "a" * 2**20]})
+    assert answer.status_code == 413 and "captions[1]: 1,049 KB" in answer.json()["detail"]
+    assert post(client).status_code == 200
 
 
 def test_bad_batches_are_refused(client):
@@ -175,8 +182,9 @@ def test_an_upload_over_the_limit_is_413_with_or_without_a_length(client):
     assert post(client).status_code == 200
 
 
-async def call(app, headers: list, chunks: int) -> tuple[int, int]:
-    """Send a POST /predict of `chunks` 1 MB chunks straight to the ASGI app: (status, chunks read)."""
+async def call(app, headers: list, chunks: int) -> tuple[dict, int]:
+    """Send a POST /predict of `chunks` 1 MB chunks straight to the ASGI app: (the response's
+    start message, chunks read)."""
     read, sent = 0, []
     head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
 
@@ -193,16 +201,22 @@ async def call(app, headers: list, chunks: int) -> tuple[int, int]:
              "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
              "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
     await app(scope, receive, send)
-    return sent[0]["status"], read
+    return sent[0], read
 
 
-def test_an_upload_over_the_limit_is_not_read_whole(served):
+def test_an_upload_over_the_limit_is_drained_up_to_a_bound_then_answered(served):
     app = create_app(served, Settings(max_upload_mb=2))
     multipart = (b"content-type", b"multipart/form-data; boundary=b")
-    status, read = asyncio.run(call(app, [multipart, (b"content-length", b"1000000000")], 1000))
-    assert (status, read) == (413, 0)
-    status, read = asyncio.run(call(app, [multipart], 1000))
-    assert status == 413 and read == 2  # stopped at the chunk that passed 2 MB
+    huge = (b"content-length", b"1000000000")
+    for headers in ([multipart, huge], [multipart]):
+        start, read = asyncio.run(call(app, headers, 10))  # 10 MB: read to its end, so the
+        assert (start["status"], read) == (413, 10)      # client reads the 413, not a reset
+        assert (b"connection", b"close") not in start["headers"] or huge in headers
+        start, read = asyncio.run(call(app, headers, 1000))  # 1 GB: cut off past 64 MB
+        assert (start["status"], read) == (413, 64)
+        assert (b"connection", b"close") in start["headers"]
+    start, read = asyncio.run(call(app, [multipart, huge, (b"expect", b"100-continue")], 1000))
+    assert (start["status"], read) == (413, 0)  # the client waits: nothing is read
 
 
 # --- micro-batching -----------------------------------------------------------------------
@@ -300,6 +314,50 @@ def raw_post(url: str, headers: bytes) -> bytes:
         return connection.recv(4096)
 
 
+def multipart(image_mb: float = 0, caption_mb: float = 0) -> bytes:
+    """A /predict form body whose caption and image hold that many MB."""
+    caption = b"a" * int(caption_mb * 2**20 + 7)
+    image = b"\xff" * int(image_mb * 2**20)
+    return (b'--b\r\nContent-Disposition: form-data; name="caption"\r\n\r\n' + caption
+            + b'\r\n--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            + b"Content-Type: image/jpeg\r\n\r\n" + image + b"\r\n--b--\r\n")
+
+
+def over_the_limit(url: str, body: bytes) -> dict[str, tuple[int, str]]:
+    """{client: (status, text)} that urllib, requests and curl (where installed) each read
+    for `body`; a connection reset fails the test."""
+    import urllib.error
+    import urllib.request
+
+    import requests
+    kind = {"Content-Type": "multipart/form-data; boundary=b"}
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, data=body, headers=kind), timeout=60)
+        answers = {"urllib": (200, "")}
+    except urllib.error.HTTPError as error:
+        answers = {"urllib": (error.code, error.read().decode())}
+    answer = requests.post(url, data=body, headers=kind, timeout=60)
+    answers["requests"] = answer.status_code, answer.text
+    if shutil.which("curl"):
+        answers["curl"] = _curl(url, body, {**kind, "Expect": ""})
+        answers["curl waiting for 100-continue"] = _curl(url, body, kind)
+    return answers
+
+
+def _curl(url: str, body: bytes, headers: dict) -> tuple[int, str]:
+    """What curl reads for `body` (an empty header value drops curl's own header)."""
+    with tempfile.NamedTemporaryFile() as file:
+        file.write(body)
+        file.flush()
+        done = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}",
+                               *[f"-H{k}: {v}" if v else f"-H{k}:" for k, v in headers.items()],
+                               "--data-binary", f"@{file.name}", url],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text, _, status = done.stdout.rpartition("\n")
+    return int(status), text
+
+
 @pytest.mark.slow
 def test_captag_serve_answers_over_http(frozen_run):
     server = subprocess.Popen([sys.executable, "-m", "captag.cli", "serve", str(frozen_run),
@@ -315,6 +373,15 @@ def test_captag_serve_answers_over_http(frozen_run):
             assert http.post("predict", files=image, data={"caption": "A park."}).status_code == 200
             assert b"413" in raw_post(url, b"Content-Length: 2000000\r\nExpect: 100-continue")
             assert http.get("health").status_code == 200
+            for body, words in [(multipart(image_mb=2), "1 MB upload limit"),
+                                (multipart(image_mb=4), "1 MB upload limit"),
+                                (multipart(caption_mb=50), "caption: 50.0 MB of text")]:
+                for client, (status, text) in over_the_limit(url + "predict", body).items():
+                    waited = client.endswith("100-continue")  # it sent no body: none to name
+                    expected = "1 MB upload limit" if waited else words
+                    assert status == 413 and expected in text, (client, status, text)
+                answer = http.post("predict", files=image, data={"caption": "A park."})
+                assert answer.status_code == 200
     finally:
         server.terminate()
         server.wait(30)

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from captag.config import RunConfig, field_type, suggest
-from captag.errors import CaptagError, ConfigError
+from captag.errors import CaptagError, ConfigError, TrainingInterrupted
 
 DEFAULT_CSV = "../shared/datasets/comp5329/mini.csv"
 # RunConfig fields that the study commands choose themselves
@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_console(args.verbose)
     try:
         return args.func(args)
+    except TrainingInterrupted as error:
+        print(f"captag: {error}", file=sys.stderr)
+        return error.exit_code
     except CaptagError as error:
         if args.verbose:
             traceback.print_exc()

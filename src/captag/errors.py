@@ -2,7 +2,8 @@
 
 The command line prints a `CaptagError` as one line (`captag: error: ...`, exit 2): it is a
 mistake in the user's input that the message explains. Anything else is a bug or an
-environment failure (out of memory, a library error) and shows its traceback (exit 1).
+environment failure (out of memory, a library error) and shows its traceback (exit 1). A
+`TrainingInterrupted` (SIGTERM, Ctrl-C) prints as one line and exits with the signal's code.
 Code that catches builtins keeps working: `DataFormatError` is a `ValueError`, and so on.
 """
 
@@ -48,3 +49,12 @@ class RunFolderError(CaptagError, ValueError):
 
 class OutputError(CaptagError, OSError):
     """An output path cannot be written (a folder where a file is wanted, no permission)."""
+
+
+class TrainingInterrupted(CaptagError):
+    """A training run was stopped by a signal (SIGTERM, Ctrl-C); the message says what was
+    saved and how to go on. `exit_code` is the shell's for that signal (128 + its number)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

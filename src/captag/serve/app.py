@@ -1,8 +1,8 @@
 """The FastAPI app: POST /predict and /predict/batch, GET /health and /info, the page at /, /docs.
 
 Requests are multipart forms; images are only ever uploaded bytes, decoded with Pillow. A body
-over the upload limit is refused (413) from its Content-Length before it is read, or as soon as
-the bytes streamed in pass the limit. Every refusal is JSON `{"detail": "what was wrong"}`.
+over the upload limit, or a caption over its own limit, is refused with a 413 that the client can
+read (`uploads.UploadLimit`). Every refusal is JSON `{"detail": "what was wrong"}`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from captag.serve.uploads import UploadLimit, decode_image
 
 STATIC = Path(__file__).parent / "static"
 MAX_ITEMS = 64  # items in one /predict/batch request
-MAX_CAPTION_BYTES = 100_000  # a longer text field is refused (400) while the form is parsed
+MAX_CAPTION_BYTES = 100_000  # a longer caption is refused (413), naming its field
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # photos decoded at once (bounds their memory)
 FIELDS = {"/predict": "send the photo in the multipart field 'image' and its caption in 'caption'",
           "/predict/batch": "send each photo in a multipart field 'images' and each caption in a "
@@ -53,12 +53,13 @@ def create_app(model: ServedModel, settings: Settings = Settings()) -> FastAPI:
         yield
         await batcher.close()
 
+    max_bytes = int(settings.max_upload_mb * 2**20)
     app = FastAPI(title="captag", version=__version__, lifespan=lifespan,
                   description="Labels for a photo and its caption (18 COCO labels).",
-                  form_limits={"max_part_size": MAX_CAPTION_BYTES})
+                  form_limits={"max_part_size": max_bytes})  # captions: `_check_captions`
     app.state.model, app.state.batcher, app.state.settings = model, batcher, settings
     app.state.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="captag-decode")
-    app.add_middleware(UploadLimit, max_bytes=int(settings.max_upload_mb * 2**20),
+    app.add_middleware(UploadLimit, max_bytes=max_bytes, max_field_bytes=MAX_CAPTION_BYTES,
                        message=f"The request is over the {settings.max_upload_mb:g} MB upload "
                                "limit: send a smaller photo.")
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -126,12 +127,22 @@ async def page() -> FileResponse:
 async def _predict(request: Request, data: list[bytes], captions: list[str],
                    names: list[tuple[str, str]]) -> list[dict]:
     """Decode and check the items off the event loop, then predict them through the batcher."""
+    _check_captions(captions, [caption_name for _, caption_name in names])
     state = request.app.state
     items = await asyncio.get_running_loop().run_in_executor(
         state.decoder, _prepare, state.model, data, captions, names)
     images, truncated = [i for i, _ in items], [t for _, t in items]
     results = await state.batcher.submit(images, [c.strip() for c in captions])
     return [{**result, "caption_truncated": cut} for result, cut in zip(results, truncated)]
+
+
+def _check_captions(captions: list[str], names: list[str]) -> None:
+    for caption, name in zip(captions, names):
+        size = len(caption.encode())
+        if size > MAX_CAPTION_BYTES:
+            raise HTTPException(413, f"{name}: {size / 1000:,.0f} KB, over the "
+                                     f"{MAX_CAPTION_BYTES // 1000} KB limit for a caption: send "
+                                     "a shorter one.")
 
 
 def _prepare(model: ServedModel, data: list[bytes], captions: list[str],

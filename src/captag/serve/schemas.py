@@ -42,8 +42,8 @@ class Health(BaseModel):
 Info = dict[str, Any]
 
 ERRORS = {status: {"model": Problem, "description": text} for status, text in {
-    400: "the multipart body cannot be parsed (or a caption is over the size limit)",
-    413: "the request body is over the upload limit",
+    400: "the multipart body cannot be parsed",
+    413: "the request body is over the upload limit, or a caption is over 100 KB",
     415: "an upload is not an image",
     422: "a field is missing or wrong: a damaged image, an empty caption, too many items",
 }.items()}

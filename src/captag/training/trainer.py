@@ -16,7 +16,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,13 +27,14 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import move_data_to_device
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from captag.config import DEFAULT_EPOCHS, FSDP_NEEDS_GPU, RunConfig, seconds
 from captag.data import LabelMap, read_records, resolve_image_dir, split_ids
 from captag.data.images import screen_images
 from captag.data.records import require_labels
 from captag.data.split import load_split, save_split
-from captag.errors import ConfigError, RunFolderError
+from captag.errors import ConfigError, RunFolderError, TrainingInterrupted
 from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
                                        tune_threshold)
 from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
@@ -211,7 +214,7 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     trainer = _trainer(cfg, run, callbacks, progress, cfg.val_fraction > 0, deadline)
     trainer.fit_loop.max_epochs = planned_epochs(cfg, len(records.records), trainer.world_size)
     fit_started = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # Lightning's bars write to stdout
+    with contextlib.redirect_stdout(sys.stderr), stopped_by_signal(trainer, run):
         trainer.fit(module, datamodule=data,
                     ckpt_path=str(run.checkpoints / "last.ckpt") if resume else None)
     fit_seconds = time.perf_counter() - fit_started - data.seconds
@@ -220,6 +223,38 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     return _finish(cfg, run, module, trainer, data, labels,
                    {"features_seconds": round(fit_started - started + data.seconds, 2),
                     "fit_seconds": round(fit_seconds, 2), "started": started})
+
+
+@contextlib.contextmanager
+def stopped_by_signal(trainer: L.Trainer, run: RunFolder):
+    """Turn Lightning's stop on SIGTERM (after the step it came in) and on Ctrl-C (at once)
+    into `TrainingInterrupted`, which says what last.ckpt holds: the last whole epoch, from
+    which --resume gives the model an uninterrupted run gives. The Ctrl-C handler that
+    Lightning turns off while it stops is put back."""
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SIGTERMException:
+        raise _interrupted(trainer, run, "SIGTERM", signal.SIGTERM) from None
+    except SystemExit as stop:
+        if not isinstance(stop.__context__, KeyboardInterrupt):
+            raise
+        raise _interrupted(trainer, run, "Ctrl-C", signal.SIGINT) from None
+    finally:  # signal.signal works only in the main thread; None: a handler not set from Python
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
+
+
+def _interrupted(trainer: L.Trainer, run: RunFolder, name: str, number: int) -> TrainingInterrupted:
+    done = trainer.current_epoch
+    if not run.resumable():
+        return TrainingInterrupted(
+            f"Training stopped by {name} before its first epoch ended; nothing to resume. Run "
+            "the same command again (what the feature cache finished is kept).", 128 + number)
+    return TrainingInterrupted(
+        f"Training stopped by {name} after {done} of {trainer.max_epochs} epochs; "
+        f"{run.checkpoints / 'last.ckpt'} holds epoch {done}. Continue with: "
+        f"captag train --resume {run.path}", 128 + number)
 
 
 def _finish(cfg, run: RunFolder, module: CaptagModule, trainer, data, labels, times: dict) -> dict:
