@@ -35,7 +35,7 @@ def no_work(monkeypatch):
     """Fail the test if the data is read or the model is run."""
     def reached(*args, **kwargs):
         raise AssertionError("work started before the run folder was checked")
-    monkeypatch.setattr(evaluate, "read_records", reached)
+    monkeypatch.setattr(evaluate, "read_data", reached)
     monkeypatch.setattr(Predictor, "predict_probs", reached)
 
 
@@ -254,7 +254,7 @@ def test_export_helper_is_atomic_and_cleans_up(tmp_path):
 
 def test_first_predictions_export_quietly(run_copy, tmp_path):
     (run_copy / "model.onnx").unlink(missing_ok=True)
-    records = evaluate.read_records(small_csv(tmp_path / "small.csv", 4))
+    records = evaluate.read_data(small_csv(tmp_path / "small.csv", 4)).records
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         predictor = Predictor(run_copy)

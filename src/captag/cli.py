@@ -20,6 +20,9 @@ from captag.config import RunConfig, field_type, suggest
 from captag.errors import CaptagError, ConfigError, TrainingInterrupted
 
 DEFAULT_CSV = "../shared/datasets/comp5329/mini.csv"
+# RunConfig fields that say how to read a dataset (evaluate, predict and data take them too)
+DATA_SETTINGS = ("images", "format", "delimiter", "image_column", "text_column", "label_column",
+                 "label_sep", "label_columns", "label_columns_prefix")
 # RunConfig fields that the study commands choose themselves
 STUDY_OWN = ("model", "image_trainable", "text_trainable")
 
@@ -47,21 +50,30 @@ def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
     return found
 
 
-def add_config_options(p: argparse.ArgumentParser, skip=()) -> None:
-    """One option per RunConfig field (--batch-size for batch_size), typed from the field."""
-    group = p.add_argument_group("settings (any RunConfig field; override --config)")
+def add_config_options(p: argparse.ArgumentParser, skip=(), only=None,
+                       title: str = "settings (any RunConfig field; override --config)") -> None:
+    """One option per RunConfig field (--batch-size for batch_size), typed from the field;
+    `only` limits them to those fields. The data file's field, csv, is also --data."""
+    group = p.add_argument_group(title)
     for f in dataclasses.fields(RunConfig):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-")] + (["--data"] if f.name == "csv" else [])
         kind = field_type(f)
         help_text = f"{f.metadata['help']} (default: {f.default})"
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
-            group.add_argument(flag, type=kind if kind in (int, float) else str, default=None,
+            group.add_argument(*flags, type=kind if kind in (int, float) else str, default=None,
                                metavar=f.name.upper(), help=help_text)
+
+
+def data_options(args):
+    """The data options given on the command line, checked as RunConfig checks them."""
+    from captag.data import DataOptions
+    given = {name: getattr(args, name, None) for name in (*DATA_SETTINGS, "skip_bad", "labels")}
+    return DataOptions.of(RunConfig().update(**given))
 
 
 def config_overrides(args) -> dict:
@@ -156,34 +168,66 @@ def _loader(args):
 
 
 def cmd_evaluate(args) -> int:
+    options = data_options(args)
     from captag.inference.evaluate import evaluate_run
-    result = evaluate_run(args.run_dir, args.csv, args.images, args.batch_size,
+    result = evaluate_run(args.run_dir, args.csv, None, args.batch_size,
                           args.num_workers, args.engine, progress=not (args.quiet or args.json),
-                          split=args.split, load=_loader(args), image_size=args.image_size)
+                          split=args.split, load=_loader(args), image_size=args.image_size,
+                          options=options)
     emit(args, result, evaluate_lines(result))
     return 0
 
 
 def evaluate_lines(result: dict) -> list[str]:
+    width = max([len(_label(row)) for row in result["per_class"]] + [20])
     lines = [f"{result['n_samples']} samples, threshold {result['threshold']:.3f}"]
     lines += [f"  {key:<11} {_number(result[key])}"
               for key in ("f1_samples", "f1_micro", "f1_macro", "map")]
     lines += [f"  {result['samples_per_second']:.1f} samples/s ({result['engine']}), "
               f"model {result['model_mb']:.1f} MB", "",
-              "label  name            support  precision  recall  f1"]
-    lines += [f"{row['label']:>5}  {row['name']:<14} {row['support']:>8}  {row['precision']:.3f}"
+              f"{'label':<{width}}  support  precision  recall  f1"]
+    lines += [f"{_label(row):<{width}} {row['support']:>8}  {row['precision']:.3f}"
               f"      {row['recall']:.3f}   {row['f1']:.3f}" for row in result["per_class"]]
     return lines
 
 
+def _label(row: dict) -> str:
+    """A label as the per-class table names it: '3 car' for an ID with a name, else the name."""
+    return row["name"] if str(row["label"]) == row["name"] else f"{row['label']:>2} {row['name']}"
+
+
 def cmd_predict(args) -> int:
+    options = data_options(args)
     from captag.inference.evaluate import predict_run
-    result = predict_run(args.run_dir, args.csv, args.output, args.images, args.batch_size,
+    result = predict_run(args.run_dir, args.csv, args.output, None, args.batch_size,
                          args.num_workers, args.engine, progress=not args.quiet,
-                         load=_loader(args))
+                         load=_loader(args), options=options, probabilities=args.probabilities)
     print(f"wrote {result['rows']} predictions to {result['output']} "
           f"({result['samples_per_second']:.1f} samples/s)")
     return 0
+
+
+def cmd_data(args) -> int:
+    options = data_options(args)
+    from captag.training.inspect import inspect_data, report_lines
+    result = inspect_data(args.path, options, args.text_encoder, args.max_length, args.plot,
+                          progress=not (args.quiet or args.json))
+    emit(args, result, report_lines(result))
+    return 0
+
+
+def _add_data_command(sub) -> None:
+    p = sub.add_parser("data", help="read a dataset as train would, check it and report on it")
+    _common(p)
+    p.add_argument("path", metavar="PATH", help="a data file or an imagefolder")
+    p.add_argument("--plot", metavar="FILE", help="also draw the label counts as a PNG bar chart")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--text-encoder", default=RunConfig.text_encoder,
+                   help="whose tokens the text lengths count (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=RunConfig.max_length,
+                   help="tokens a model reads; longer texts are counted as cut (default: %(default)s)")
+    add_config_options(p, only=(*DATA_SETTINGS, "skip_bad", "labels"), title="data options")
+    p.set_defaults(func=cmd_data)
 
 
 def cmd_export(args) -> int:
@@ -337,8 +381,10 @@ def _add_study_commands(sub) -> None:
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("run_dir", help="a run folder written by captag train, or an exported folder")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--images", help="image folder (default: data/ beside the CSV)")
+    p.add_argument("--csv", "--data", dest="csv", required=True, metavar="PATH",
+                   help="the data: a file or an imagefolder, read as the run's training data "
+                        "was (its columns and label form), unless the options below say otherwise")
+    add_config_options(p, only=DATA_SETTINGS, title="data options")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto")
@@ -387,10 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="score a run folder's model at this image "
                    "side instead of its training side (FixRes: train low, test high)")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("predict", help="write a Kaggle submission")
+    p = sub.add_parser("predict", help="write each row's predicted labels")
     _add_inference_options(p)
-    p.add_argument("--output", required=True, help="CSV to write (ImageID,Labels)")
+    p.add_argument("--output", required=True, help="file to write (.csv, .tsv or .jsonl): a "
+                   "Kaggle submission (ImageID,Labels) for COMP5329 data, else each row's image "
+                   "(or line) and its labels in the data's own form")
+    p.add_argument("--probabilities", action="store_true",
+                   help="write every label's probability instead of the labels")
     p.set_defaults(func=cmd_predict)
+    _add_data_command(sub)
     _add_export_command(sub)
     _add_study_commands(sub)
     p = sub.add_parser("models", help="the model zoo: sizes, budget and where weights come from")

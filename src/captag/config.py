@@ -29,6 +29,7 @@ AUTO_CSRA = 0.1  # csra when unset and the image encoder trains (needs its map)
 DEFAULT_EPOCHS = 3
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+DATA_FORMATS = ("comp5329", "csv", "tsv", "jsonl", "parquet", "imagefolder")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
@@ -51,8 +52,28 @@ def option(default, help: str, *, choices: tuple | None = None, low: float | Non
 class RunConfig:
     """Everything that decides what a run does. Saved as config.yaml in the run folder."""
 
-    csv: str = option("", "labelled CSV (ImageID,Labels,Caption)")
-    images: str | None = option(None, "image folder (default: data/ beside the CSV)")
+    csv: str = option("", "the data (--data is the same): a CSV, TSV, JSON Lines or Parquet "
+                          "file, an imagefolder (a folder with metadata.jsonl or metadata.csv), "
+                          "or a COMP5329 CSV (ImageID,Labels,Caption)")
+    images: str | None = option(None, "the folder that image paths are relative to (default: "
+                                      "the data file's folder; data/ beside a COMP5329 CSV)")
+    format: str | None = option(None, "the data's format (default: found from the path)",
+                                choices=DATA_FORMATS)
+    delimiter: str | None = option(None, "a CSV's field delimiter, e.g. ';' or '\\t' (default: "
+                                         "sniffed)")
+    image_column: str | None = option(None, "column of image paths (default: file_name, image, "
+                                            "image_path, path or filepath)")
+    text_column: str | None = option(None, "column of texts (default: text, caption, title or "
+                                           "description)")
+    label_column: str | None = option(None, "column of label sets (default: labels, tags or "
+                                            "label)")
+    label_sep: str | None = option(None, "separator between a row's labels, e.g. '|' (default: "
+                                         "sniffed among | ; , and spaces)")
+    label_columns: str | None = option(None, "0/1 columns, one per label: 'a,b,c'")
+    label_columns_prefix: str | None = option(None, "0/1 label columns: every column whose name "
+                                                    "starts with this, e.g. tag_")
+    labels: str | None = option(None, "a file with one label per line, in order (default: the "
+                                      "training rows' labels, sorted)")
     model: str = option("fusion", "fusion, image-only, text-only, an encoder name, or IMAGE+TEXT")
     image_encoder: str = option("tf_efficientnet_lite2", "image encoder of fusion and image-only")
     text_encoder: str = option("all-MiniLM-L6-v2", "text encoder of fusion and text-only")
@@ -191,6 +212,11 @@ def _checked(f: dataclasses.Field, value):
         _check_devices(value)
     if f.name == "time_limit" and value is not None:
         seconds(value)
+    if f.name == "delimiter" and value is not None:
+        value = {"\\t": "\t", "tab": "\t"}.get(value, value)
+        if len(value) != 1:
+            raise ConfigError(f"delimiter: {value!r} is not one character; write e.g. ';', "
+                              "'|' or '\\t' (a tab).")
     _check_range(f, value)
     return value
 

@@ -1,4 +1,5 @@
-"""Label set of the COMP5329 data (COCO class IDs 1..19 without 12) and a multi-hot encoder."""
+"""Label maps: the COMP5329 label set (COCO class IDs 1..19 without 12) or any other set of
+labels (their names are their IDs), and a multi-hot encoder."""
 
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ LABEL_IDS: tuple[int, ...] = tuple(LABEL_NAMES)
 
 @dataclass(frozen=True)
 class LabelMap:
-    """Maps label IDs to columns of a multi-hot vector, in the order of `ids`."""
+    """Maps label IDs (integers, or names) to columns of a multi-hot vector, in the order of `ids`."""
 
-    ids: tuple[int, ...]
+    ids: tuple[int | str, ...]
     names: tuple[str, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "ids", tuple(int(i) for i in self.ids))
+        object.__setattr__(self, "ids", tuple(i if isinstance(i, str) else int(i) for i in self.ids))
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         if len(self.ids) != len(self.names):
             raise ValueError(f"LabelMap got {len(self.ids)} ids but {len(self.names)} names; give one name per id.")
@@ -76,20 +77,22 @@ class LabelMap:
         return [{"id": i, "name": n} for i, n in zip(self.ids, self.names)]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"ids": list(self.ids), "names": list(self.names)}, indent=1) + "\n")
+        Path(path).write_text(json.dumps({"ids": list(self.ids), "names": list(self.names)},
+                                         indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> LabelMap:
         """The label map saved in `path`; RunFolderError naming the file if it is missing or bad."""
-        expected = "a label map: JSON with an 'ids' list of integers and a 'names' list of strings"
-        ids, names = read_json_lists(path, expected, ids=int, names=str)
+        expected = ("a label map: JSON with an 'ids' list of integers or strings and a 'names' "
+                    "list of strings")
+        ids, names = read_json_lists(path, expected, ids=(int, str), names=str)
         try:
             return cls(ids, names)
         except ValueError as exc:
             raise RunFolderError(f"{path}: {exc}") from None
 
 
-def read_json_lists(path: str | Path, expected: str, **kinds: type) -> list[list]:
+def read_json_lists(path: str | Path, expected: str, **kinds: type | tuple) -> list[list]:
     """The lists under the keys of `kinds` in the JSON object in `path`, in that order, each
     holding only items of its type (bools are not ints); RunFolderError naming the file and
     `expected` when the file is missing, not JSON, or not of that shape."""

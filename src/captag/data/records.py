@@ -8,10 +8,16 @@ so it may hold unescaped quotes, commas and line breaks.
 A line inside a caption that looks like the start of a record (`ID,LABELS,"...` with numeric
 labels, or `ID,"...` in an unlabelled file, ID one token) but whose ID is not `<digits>.jpg`
 stops the read: folding it into the previous caption would silently lose a row.
+
+A file with one of these headers that is valid standard CSV (fields quoted only when needed,
+quotes doubled inside them, as pandas and the `csv` module write it) is read as standard CSV,
+so it gives the same records as the original; its image IDs may then be any relative path.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,24 +36,33 @@ RECORD_SHAPE = {True: re.compile(r'([^\s,"]+),\d+(?: +\d+)*,"'), False: re.compi
 
 @dataclass(frozen=True)
 class Record:
-    image_id: str  # e.g. "9084.jpg"
+    image_id: str  # the image's path relative to the image folder, e.g. "9084.jpg" ("": none)
     caption: str
-    labels: tuple[int, ...] | None  # None for unlabelled files
-    line: int  # 1-based line number in the file where the record starts
+    labels: tuple | None  # label IDs (COMP5329) or label names; None for unlabelled files
+    line: int  # 1-based line (or row) number in the file where the record starts
+    key: str = ""  # what the train/validation split keeps: the image ID unless given
+
+    def __post_init__(self):
+        if not self.key:
+            object.__setattr__(self, "key", self.image_id)
 
 
 def read_records(path: str | Path, label_ids: Sequence[int] = LABEL_IDS) -> list[Record]:
     """Read every record of a labelled or unlabelled CSV file, in file order."""
-    lines = _read_text(path).split("\n")
+    text = _read_text(path)
+    lines = text.split("\n")
     labelled = _check_header(path, lines[0])
-    chunks = _group_lines(path, lines, labelled)
-    if not chunks:
+    rows = _standard_rows(text, labelled)
+    if rows is None:
+        rows = [_split_fields(path, line, chunk, labelled)
+                for line, chunk in _group_lines(path, lines, labelled)]
+    if not rows:
         raise DataFormatError(path, 1, "the file has no records, only the header",
                               "Add records below the header, or pass the CSV that holds the data.")
     valid = frozenset(label_ids)
     records, first_line = [], {}
-    for line, text in chunks:
-        record = _parse_record(path, line, text, labelled, valid)
+    for line, image_id, labels, caption in rows:
+        record = _record(path, line, image_id, labels, caption, valid)
         if record.image_id in first_line:
             raise DataFormatError(
                 path, line, f"duplicate image ID; it first appears on line {first_line[record.image_id]}",
@@ -121,6 +136,24 @@ def _group_lines(path, lines: list[str], labelled: bool) -> list[tuple[int, str]
     return chunks
 
 
+def _standard_rows(text: str, labelled: bool) -> list[tuple] | None:
+    """(line, image ID, labels field or None, caption) for each row of a file that is valid
+    standard CSV with the header's number of fields; None for any other file (such as the
+    original, whose quotes inside captions are not doubled)."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    width, rows, start = 3 if labelled else 2, [], 1
+    try:
+        for row in reader:
+            if row and reader.line_num > 1:
+                if len(row) != width:
+                    return None
+                rows.append((start, row[0], row[1] if labelled else None, row[-1]))
+            start = reader.line_num + 1
+    except csv.Error:
+        return None
+    return rows
+
+
 def _check_id(path, number: int, line: str, labelled: bool) -> None:
     """Stop at a line shaped like a record start whose image ID is not `<digits>.jpg`."""
     shape = RECORD_SHAPE[labelled].match(line)
@@ -131,13 +164,14 @@ def _check_id(path, number: int, line: str, labelled: bool) -> None:
                               "rename the image and its ID to match.", image_id)
 
 
-def _parse_record(path, line: int, text: str, labelled: bool, valid: frozenset[int]) -> Record:
-    m = RECORD_START.match(text)
-    image_id, rest = m.group(1), text[m.end():]
+def _split_fields(path, line: int, text: str, labelled: bool) -> tuple:
+    """(line, image ID, labels field or None, caption) of a record in the original layout:
+    the caption is everything between its first and its last double quote."""
+    image_id, _, rest = text.partition(",")
     layout = 'ID,LABELS,"CAPTION"' if labelled else 'ID,"CAPTION"'
 
-    def fail(problem: str, fix: str = f"Write the record as {layout}.") -> DataFormatError:
-        return DataFormatError(path, line, problem, fix, image_id)
+    def fail(problem: str) -> DataFormatError:
+        return DataFormatError(path, line, problem, f"Write the record as {layout}.", image_id)
 
     labels = None
     if labelled:
@@ -146,8 +180,7 @@ def _parse_record(path, line: int, text: str, labelled: bool, valid: frozenset[i
         comma = rest.find(",")
         if comma < 0 or '"' in rest[:comma] or "\n" in rest[:comma]:
             raise fail(f"cannot find the Labels and Caption fields in {_clip(text)}")
-        labels = _parse_labels(rest[:comma], valid, fail)
-        rest = rest[comma + 1:]
+        labels, rest = rest[:comma], rest[comma + 1:]
     if not rest.startswith('"'):
         raise fail(f"the caption does not start with a double quote: {_clip(text)}")
     end = rest.rfind('"')
@@ -155,10 +188,20 @@ def _parse_record(path, line: int, text: str, labelled: bool, valid: frozenset[i
         raise fail("the caption has no closing double quote")
     if rest[end + 1:].strip():
         raise fail(f"unexpected text after the caption's closing quote: {_clip(rest[end + 1:].strip())}")
-    caption = rest[1:end]
+    return line, image_id, labels, rest[1:end]
+
+
+def _record(path, line: int, image_id: str, labels: str | None, caption: str,
+            valid: frozenset[int]) -> Record:
+    def fail(problem: str, fix: str) -> DataFormatError:
+        return DataFormatError(path, line, problem, fix, image_id)
+
+    if not image_id.strip():
+        raise fail("the ImageID field is empty", "Give every record the file name of its image.")
     if not caption.strip():
         raise fail("the caption is empty", "Give every record a non-empty caption, or remove the record.")
-    return Record(image_id, caption, labels, line)
+    return Record(image_id, caption, None if labels is None else _parse_labels(labels, valid, fail),
+                  line)
 
 
 def _parse_labels(field: str, valid: frozenset[int], fail) -> tuple[int, ...]:

@@ -40,6 +40,15 @@ def split_ids(ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> t
     return train, val
 
 
+def in_split_order(records: Sequence, keys: Sequence[str]) -> list:
+    """The records whose key is in `keys`, in the order of `keys` (the rows that share a key,
+    such as several captions of one image, together, in file order)."""
+    by_key: dict[str, list] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(record)
+    return [record for key in keys for record in by_key.get(key, [])]
+
+
 def save_split(path: str | Path, train_ids: Sequence[str], val_ids: Sequence[str], seed: int, val_fraction: float) -> None:
     data = {"seed": seed, "val_fraction": val_fraction, "train": list(train_ids), "val": list(val_ids)}
     Path(path).write_text(json.dumps(data, indent=1) + "\n")

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 import captag
-from captag.data import read_records, resolve_image_dir
+from captag.data import DataOptions, read_data
 from captag.data.images import open_image
 from captag.errors import ConfigError, DataNotFoundError, OutputError
 from captag.evaluation.size import BYTES_PER_MB, file_mb, parameter_count
@@ -97,8 +97,8 @@ def training_captions(run: RunFolder, cfg) -> list[str]:
                                 "there: the vocabulary is shrunk to its captions' tokens. Run "
                                 "from the folder the run was trained in, or pass --full-vocab.")
     train_ids = set(run.load_split()[0]) if run.split.is_file() else None
-    records = read_records(cfg.csv)
-    return [r.caption for r in records if train_ids is None or r.image_id in train_ids]
+    records = read_data(cfg.csv, DataOptions.of(cfg)).records
+    return [r.caption for r in records if train_ids is None or r.key in train_ids]
 
 
 def shrink_vocabulary(model: FusionModel, captions: list[str]) -> np.ndarray:
@@ -157,10 +157,10 @@ class _Calibration:
 
 def calibration_images(run: RunFolder, cfg, count: int = CALIBRATION_IMAGES) -> list[Path]:
     """The first `count` images of the run's training split (its CSV's image folder)."""
-    folder = resolve_image_dir(cfg.csv, cfg.images)
-    train_ids = run.load_split()[0] if run.split.is_file() else [
-        r.image_id for r in read_records(cfg.csv)]
-    return [folder / i for i in train_ids[:count]]
+    data = read_data(cfg.csv, DataOptions.of(cfg))
+    train_ids = set(run.load_split()[0]) if run.split.is_file() else None
+    paths = [r.image_id for r in data.records if train_ids is None or r.key in train_ids]
+    return [data.image_dir() / path for path in paths[:count]]
 
 
 def _end_convs(path: Path) -> list[str]:

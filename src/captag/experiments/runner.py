@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 
 from captag.config import RunConfig
-from captag.data import LabelMap, load_split, read_records, resolve_image_dir
+from captag.data import Data, DataOptions, LabelMap, load_split, read_data
+from captag.data.split import in_split_order
 from captag.errors import RunFolderError
 from captag.evaluation.speed import Timer, throughput
 from captag.files import read_json, write_json
@@ -102,10 +103,11 @@ def _train(cfg: RunConfig, run: RunFolder, progress: bool) -> dict:
     return train(cfg, run.path, progress=progress)
 
 
-def validation_records(run: RunFolder, cfg: RunConfig) -> list:
+def validation_records(run: RunFolder, cfg: RunConfig) -> tuple[Data, list]:
+    """The run's data and its validation records, in the split's order."""
     _, val_ids = load_split(run.split)
-    by_id = {r.image_id: r for r in read_records(cfg.csv, LabelMap.load(run.labels).ids)}
-    return [by_id[i] for i in val_ids if i in by_id]
+    data = read_data(cfg.csv, DataOptions.of(cfg), known=LabelMap.load(run.labels))
+    return data, in_split_order(data.records, val_ids)
 
 
 _SPEEDS: dict[tuple, dict] = {}  # architecture -> speed; weights do not change it
@@ -133,9 +135,9 @@ def _measure_speed(run_dir: str | Path, predict_rows: int) -> dict:
     from captag.inference.predictor import Predictor
     predictor = Predictor(run_dir)
     cfg = predictor.cfg
-    records = validation_records(predictor.run, cfg)
+    data, records = validation_records(predictor.run, cfg)
     sample = records[:predict_rows]
-    image_dir = resolve_image_dir(cfg.csv, cfg.images) if predictor.model.image is not None else None
+    image_dir = data.image_dir() if predictor.model.image is not None else None
     predictor.predict_probs(sample[:8], image_dir, num_workers=0, progress=False)  # warm-up
     with Timer() as timer:
         predictor.predict_probs(sample, image_dir, num_workers=cfg.num_workers, progress=False)

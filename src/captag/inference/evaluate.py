@@ -6,19 +6,22 @@ check the data before running the model.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
-from captag.data import LabelMap, read_records, resolve_image_dir, screen_images
-from captag.data.records import require_labels
-from captag.errors import OutputError, RunFolderError
+from captag.data import Data, DataOptions, read_data, screen_images
+from captag.data.sources import require_labelled
+from captag.errors import RunFolderError
 from captag.evaluation.metrics import compute_metrics, per_class_report, predict_labels
 from captag.evaluation.size import check_budget
 from captag.evaluation.speed import Timer, throughput
-from captag.files import ensure_parent, jsonable, write_text
+from captag.files import jsonable
+from captag.inference.outputs import check_output, write_predictions, write_probabilities
+
+# the data settings that a run remembers for reading another file of the same shape
+REMEMBERED = ("image_column", "text_column", "label_column", "label_sep", "label_columns",
+              "label_columns_prefix")
 
 
 def _predictor(run_dir, engine: str, load, image_size: int | None = None):
@@ -30,17 +33,29 @@ def _predictor(run_dir, engine: str, load, image_size: int | None = None):
     return Predictor(run_dir, engine, image_size=image_size)
 
 
-def _image_dir(predictor, records, csv_path, images) -> Path | None:
+def read_for(predictor, path, images=None, options: DataOptions | None = None) -> Data:
+    """The data in `path`, read with the run's remembered column settings (those of `options`
+    win) and its labels checked against the run's."""
+    cfg = getattr(predictor, "cfg", None)
+    remembered = {name: getattr(cfg, name) for name in REMEMBERED if getattr(cfg, name, None)}
+    given = {k: v for k, v in vars(options or DataOptions()).items() if v}
+    if images:
+        given["images"] = str(images)
+    return read_data(path, DataOptions(**{**remembered, **given}, labels_if_present=True),
+                     known=predictor.labels)
+
+
+def _image_dir(predictor, data: Data, records) -> Path | None:
     """The image folder, once every image of `records` decodes; None for a text-only model."""
     if not predictor.has_image:
         return None
-    image_dir = resolve_image_dir(csv_path, images)
+    image_dir = data.image_dir()
     screen_images(records, image_dir, can_skip=False)
     return image_dir
 
 
 def _split_ids(predictor, split: str) -> set[str]:
-    """The image IDs of the run's `split` ('train' or 'val')."""
+    """The keys (image IDs) of the run's `split` ('train' or 'val')."""
     train_ids, val_ids = predictor.load_split()
     if split == "val" and not val_ids:
         raise RunFolderError(f"The run in {predictor.info()['path']} has no validation split (it was trained "
@@ -49,19 +64,20 @@ def _split_ids(predictor, split: str) -> set[str]:
 
 
 def _only_split(records, wanted: set[str], split: str):
-    chosen = [r for r in records if r.image_id in wanted]
+    chosen = [r for r in records if r.key in wanted]
     if not chosen:
-        raise RunFolderError(f"No row of the CSV is in the run's {split} split: --split {split} "
+        raise RunFolderError(f"No row of the data is in the run's {split} split: --split {split} "
                              "is meant for the CSV that the run was trained on.")
     return chosen
 
 
 def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_workers: int = 1,
                  engine: str = "auto", progress: bool = True, split: str | None = None,
-                 load=None, image_size: int | None = None) -> dict:
-    """Scores of the run's model with its tuned threshold on the labelled rows of `csv_path`,
-    as strict-JSON-able values (a score that is NaN, e.g. the AP of a class without positives,
-    is None).
+                 load=None, image_size: int | None = None,
+                 options: DataOptions | None = None) -> dict:
+    """Scores of the run's model with its tuned threshold on the labelled rows of `csv_path`
+    (any dataset `read_data` reads, with `options`), as strict-JSON-able values (a score that
+    is NaN, e.g. the AP of a class without positives, is None).
 
     With `split` ('val' or 'train'), only the rows of that split of the run are scored.
     `load` (e.g. `captag.deploy.load_predictor`) opens `run_dir` instead of the run folder's
@@ -69,11 +85,10 @@ def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_worke
     """
     predictor = _predictor(run_dir, engine, load, image_size)
     wanted = _split_ids(predictor, split) if split else None
-    records = read_records(csv_path, predictor.labels.ids)
-    require_labels(records, csv_path, "evaluate")
-    if wanted is not None:
-        records = _only_split(records, wanted, split)
-    image_dir = _image_dir(predictor, records, csv_path, images)
+    data = read_for(predictor, csv_path, images, options)
+    require_labelled(data, "evaluate")
+    records = data.records if wanted is None else _only_split(data.records, wanted, split)
+    image_dir = _image_dir(predictor, data, records)
     with Timer() as timer:
         probs = predictor.predict_probs(records, image_dir, batch_size, num_workers, progress)
     return jsonable({**_scores(predictor, records, probs),
@@ -99,39 +114,32 @@ def _scores(predictor, records, probs: np.ndarray) -> dict:
     }
 
 
-def check_output(path) -> Path:
-    """The output file's path, once its folder exists and is writable: OutputError if `path`
-    is a folder or its folder cannot be created or written."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"--output {path} is a folder; give the file to write, e.g. "
-                          f"{path / 'submission.csv'}.")
-    ensure_parent(path, "--output")
-    return path
-
-
-def write_submission(path, image_ids, predicted: np.ndarray, labels: LabelMap) -> None:
-    """A Kaggle submission: ImageID,Labels with labels space-separated (written atomically)."""
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["ImageID", "Labels"])
-    for image_id, row in zip(image_ids, predicted):
-        writer.writerow([image_id, " ".join(str(label) for label in labels.decode(row))])
-    write_text(check_output(path), text.getvalue())
-
-
 def predict_run(run_dir, csv_path, output, images=None, batch_size: int = 32,
                 num_workers: int = 1, engine: str = "auto", progress: bool = True,
-                load=None) -> dict:
-    """Predict labels for every row of `csv_path` and write them as a submission to `output`
-    (`load`: as in `evaluate_run`)."""
+                load=None, options: DataOptions | None = None,
+                probabilities: bool = False) -> dict:
+    """Predict labels for every row of `csv_path` and write them to `output`: a Kaggle
+    submission for COMP5329 data, else in the data's own label form (`outputs`); with
+    `probabilities`, every label's probability instead (`load`: as in `evaluate_run`)."""
     output = check_output(output)
     predictor = _predictor(run_dir, engine, load)
-    records = read_records(csv_path, predictor.labels.ids)
-    image_dir = _image_dir(predictor, records, csv_path, images)
+    data = read_for(predictor, csv_path, images, options)
+    image_dir = _image_dir(predictor, data, data.records)
     with Timer() as timer:
-        probs = predictor.predict_probs(records, image_dir, batch_size, num_workers, progress)
-    predicted = predict_labels(probs, predictor.threshold, predictor.at_least_one)
-    write_submission(output, [r.image_id for r in records], predicted, predictor.labels)
-    return {"rows": len(records), "output": str(output), "seconds": round(timer.seconds, 3),
-            "samples_per_second": round(throughput(len(records), timer.seconds), 2)}
+        probs = predictor.predict_probs(data.records, image_dir, batch_size, num_workers,
+                                        progress)
+    if probabilities:
+        write_probabilities(output, data, probs, predictor.labels)
+    else:
+        predicted = predict_labels(probs, predictor.threshold, predictor.at_least_one)
+        write_predictions(output, data, predicted, predictor.labels, _form(predictor, data))
+    return {"rows": len(data.records), "output": str(output), "seconds": round(timer.seconds, 3),
+            "samples_per_second": round(throughput(len(data.records), timer.seconds), 2)}
+
+
+def _form(predictor, data: Data):
+    """How to write the labels: as the data writes them, else as the run's training data."""
+    cfg = getattr(predictor, "cfg", None)
+    if data.labels is not None or cfg is None or data.is_comp5329:
+        return data.labels
+    return DataOptions.of(cfg).label_form()

@@ -1,7 +1,7 @@
 """The run folder: what a run writes, and how a later command loads the model back from it alone.
 
     config.yaml       resolved settings            labels.json     the label map
-    split.json        train and validation IDs     thresholds.json tuned decision threshold
+    split.json        train and validation keys    thresholds.json tuned decision threshold
     metrics.csv       one row per epoch            summary.json    final validation scores, sizes, times
     model.safetensors best weights (float16)       text_encoder/   text config and tokenizer
     checkpoints/      Lightning checkpoints (best.ckpt, last.ckpt) of the trained part, for resume
@@ -54,6 +54,7 @@ class RunFolder:
         self.metrics = self.path / "metrics.csv"
         self.summary = self.path / "summary.json"
         self.bad_images = self.path / "bad_images.json"
+        self.bad_rows = self.path / "bad_rows.json"
         self.model = self.path / "model.safetensors"
         self.onnx = self.path / "model.onnx"
         self.text_encoder = self.path / "text_encoder"
@@ -198,7 +199,7 @@ class RunFolder:
         if self.holds_run():
             raise RunFolderError(f"{self.path} holds a run; it is not cleared.")
         for path in (self.config, self.labels, self.split, self.thresholds, self.metrics,
-                     self.summary, self.bad_images, self.model, self.onnx):
+                     self.summary, self.bad_images, self.bad_rows, self.model, self.onnx):
             path.unlink(missing_ok=True)
         for folder in (self.text_encoder, self.checkpoints, self.logs):
             shutil.rmtree(folder, ignore_errors=True)

@@ -30,10 +30,10 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from captag.config import DEFAULT_EPOCHS, FSDP_NEEDS_GPU, RunConfig, seconds
-from captag.data import LabelMap, read_records, resolve_image_dir, split_ids
+from captag.data import Data, DataOptions, LabelMap, label_map, read_data, split_ids
 from captag.data.images import screen_images
-from captag.data.records import require_labels
-from captag.data.split import load_split, save_split
+from captag.data.sources import require_labelled
+from captag.data.split import in_split_order, load_split, save_split
 from captag.errors import ConfigError, RunFolderError, TrainingInterrupted
 from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
                                        tune_threshold)
@@ -64,9 +64,10 @@ class RunRecords:
     process checks the images and splits, and rank 0 writes split.json, bad_images.json,
     labels.json and config.yaml; the other processes read split.json back."""
 
-    def __init__(self, cfg: RunConfig, run: RunFolder, records, image_dir: Path, labels: LabelMap,
-                 check_images: bool, resume: bool, progress: bool):
-        self.cfg, self.run, self.records, self.image_dir = cfg, run, records, image_dir
+    def __init__(self, cfg: RunConfig, run: RunFolder, data: Data, image_dir: Path,
+                 labels: LabelMap, check_images: bool, resume: bool, progress: bool):
+        self.cfg, self.run, self.records, self.image_dir = cfg, run, data.records, image_dir
+        self.skipped = data.skipped
         self.labels, self.check_images = labels, check_images
         self.resume, self.progress = resume, progress
         self._screened = None
@@ -76,6 +77,9 @@ class RunRecords:
         if is_rank_zero():  # written once training really starts
             self.labels.save(self.run.labels)
             self.cfg.save(self.run.config)
+            if self.skipped:
+                self.run.write_json(self.run.bad_rows, self.skipped)
+            warn_about_labels(self.labels, *split)
         return split
 
     def load(self):
@@ -100,13 +104,34 @@ class RunRecords:
         if load:
             train_ids, val_ids = load_split(self.run.split)
         else:
-            ids = [r.image_id for r in records]
-            train_ids, val_ids = split_ids(ids, self.cfg.val_fraction, self.cfg.seed)
+            keys = list(dict.fromkeys(r.key for r in records))  # an image's rows stay together
+            train_ids, val_ids = split_ids(keys, self.cfg.val_fraction, self.cfg.seed)
             if is_rank_zero():
                 save_split(self.run.split, train_ids, val_ids, self.cfg.seed,
                            self.cfg.val_fraction)
-        by_id = {r.image_id: r for r in records}
-        return [by_id[i] for i in train_ids if i in by_id], [by_id[i] for i in val_ids if i in by_id]
+        return in_split_order(records, train_ids), in_split_order(records, val_ids)
+
+
+RARE = 5  # training rows under which a label is named in a warning
+
+
+def warn_about_labels(labels: LabelMap, train: list, val: list) -> None:
+    """Warn about labels with fewer than RARE training rows, and labels that no validation
+    row has (their F1 is not measured)."""
+    def counts(records):
+        found = dict.fromkeys(labels.ids, 0)
+        for record in records:
+            for label in record.labels:
+                found[label] += 1
+        return found
+    rare = [f"{label} ({n})" for label, n in counts(train).items() if n < RARE]
+    if rare:
+        log.warning("%d labels have fewer than %d training rows: %s", len(rare), RARE,
+                    ", ".join(rare[:50]))
+    unseen = [str(label) for label, n in counts(val).items() if n == 0] if val else []
+    if unseen:
+        log.warning("%d labels are missing from the validation split: %s", len(unseen),
+                    ", ".join(unseen[:50]))
 
 
 def _prepare_folder(cfg: RunConfig | None, run: RunFolder, resume: bool) -> RunConfig:
@@ -194,12 +219,15 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     if cfg.strategy == "fsdp" and not torch.cuda.is_available():
         raise ConfigError(FSDP_NEEDS_GPU)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    labels = LabelMap.default()
-    records = read_records(cfg.csv, labels.ids)
-    require_labels(records, cfg.csv, "training")
+    data = read_data(cfg.csv, DataOptions.of(cfg))
+    if progress and is_rank_zero():
+        print(data.chosen(), file=sys.stderr)
+    require_labelled(data, "training")
+    labels = run.load_labels() if resume else label_map(data, cfg.labels)
+    cfg = cfg.update(**data.settings())
     model = model_from_config(cfg, num_labels=len(labels))
-    image_dir = resolve_image_dir(cfg.csv, cfg.images) if model.image else Path(".")
-    records = RunRecords(cfg, run, records, image_dir, labels, model.image is not None, resume,
+    image_dir = _inputs(data, model)
+    records = RunRecords(cfg, run, data, image_dir, labels, model.image is not None, resume,
                          progress)
     if is_rank_zero():  # a bad image stops the run before Lightning starts the other ranks
         records.screened()
@@ -223,6 +251,15 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     return _finish(cfg, run, module, trainer, data, labels,
                    {"features_seconds": round(fit_started - started + data.seconds, 2),
                     "fit_seconds": round(fit_seconds, 2), "started": started})
+
+
+def _inputs(data: Data, model) -> Path:
+    """The image folder (the current folder for a model without images), once the data has
+    the inputs that the model reads."""
+    if model.text is not None and data.text_column is None:
+        raise ConfigError(f"{data.path} has no text column, and this model reads text: pass "
+                          "--text-column, or train an image-only model (--model image-only).")
+    return data.image_dir() if model.image is not None else Path(".")
 
 
 @contextlib.contextmanager

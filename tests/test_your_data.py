@@ -1,0 +1,137 @@
+"""Train, evaluate and predict on datasets of other shapes than COMP5329, through the command
+line: a CSV with word tags under other column names, and an imagefolder of nested PNGs."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from captag.cli import main
+from test_sources import ROWS, copy_images, words, write_csv, write_jsonl
+
+TINY = ["--image-encoder", "tf_efficientnet_lite0", "--image-size", "64", "--epochs", "2",
+        "--batch-size", "4", "--num-workers", "0", "--freeze", "--min-steps", "0"]
+
+
+def train(data: Path, out: Path, cache_dir, *options: str) -> dict:
+    code = main(["-q", "train", "--data", str(data), "--out", str(out), "--cache-dir",
+                 str(cache_dir), *TINY, *options])
+    assert code == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture
+def posters(tmp_path) -> Path:
+    """Posters with a plot and genres, under column names captag does not guess."""
+    paths = copy_images(tmp_path, "img")
+    return write_csv(tmp_path / "posters.csv", ["poster", "plot", "genres"],
+                     [[p, r.caption, ", ".join(words(r))] for p, r in zip(paths, ROWS)])
+
+
+def test_a_csv_with_word_tags_trains_evaluates_and_predicts(posters, tmp_path, cache_dir, capsys):
+    run = tmp_path / "run"
+    train(posters, run, cache_dir, "--image-column", "poster", "--text-column", "plot",
+          "--label-column", "genres")
+    labels = json.loads((run / "labels.json").read_text())
+    assert labels["ids"] == sorted({w for r in ROWS for w in words(r)})
+    assert "label_sep: ','" in (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(run), "--data", str(posters), "--split", "val"]) == 0
+    table = capsys.readouterr().out
+    assert "person" in table and "samples" in table
+    out = tmp_path / "predicted.csv"
+    assert main(["-q", "predict", str(run), "--data", str(posters), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [row["poster"] for row in rows] == [f"img/{r.image_id}" for r in ROWS]
+    assert all(set(row["genres"].split(",")) <= set(labels["ids"]) for row in rows)
+    assert all(row["genres"] for row in rows)  # at least one label each
+    probs = tmp_path / "probs.csv"
+    assert main(["-q", "predict", str(run), "--data", str(posters), "--output", str(probs),
+                 "--probabilities"]) == 0
+    header = next(csv.reader(probs.open()))
+    assert header == ["poster", *labels["ids"]]
+
+
+def test_an_imagefolder_of_nested_pngs(tmp_path, cache_dir):
+    folder = tmp_path / "set"
+    paths = copy_images(folder, "train/a/b", ".png")
+    write_jsonl(folder / "metadata.jsonl", [{"file_name": p, "text": r.caption, "labels": words(r)}
+                                            for p, r in zip(paths, ROWS)])
+    run = tmp_path / "run"
+    summary = train(folder, run, cache_dir)
+    assert summary["val"]["f1_samples"] >= 0
+    out = tmp_path / "predicted.jsonl"
+    assert main(["-q", "predict", str(run), "--data", str(folder), "--output", str(out)]) == 0
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["file_name"] == paths[0] and isinstance(first["labels"], list)
+    assert main(["-q", "evaluate", str(run), "--data", str(folder)]) == 0
+
+
+def test_a_label_the_run_never_learned_stops_evaluate(posters, tmp_path, cache_dir, capsys):
+    run = tmp_path / "run"
+    train(posters, run, cache_dir, "--image-column", "poster", "--text-column", "plot",
+          "--label-column", "genres")
+    other = write_csv(tmp_path / "other.csv", ["poster", "plot", "genres"],
+                      [["img/9.jpg", "a plot", "person"], ["img/26.jpg", "a plot", "unicorn"]])
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(run), "--data", str(other)]) == 2
+    error = capsys.readouterr().err
+    assert "other.csv:3: column 'genres': the label 'unicorn' is not one the run learned" in error
+
+
+def test_bad_rows_are_left_out_and_listed_in_the_run_folder(tmp_path, cache_dir, capsys):
+    paths = copy_images(tmp_path)
+    rows = [[p, r.caption, "|".join(words(r))] for p, r in zip(paths, ROWS)]
+    rows[3][1] = ""
+    data = write_csv(tmp_path / "d.csv", ["image", "text", "tags"], rows)
+    assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "x"), *TINY]) == 2
+    assert "d.csv:5: column 'text': a text is missing" in capsys.readouterr().err
+    train(data, tmp_path / "run", cache_dir, "--skip-bad")
+    assert json.loads((tmp_path / "run" / "bad_rows.json").read_text()) == [
+        {"line": 5, "column": "text", "problem": "a text is missing"}]
+
+
+def test_captag_data_reports_and_refuses_what_train_refuses(tmp_path, capsys):
+    paths = copy_images(tmp_path)
+    data = write_csv(tmp_path / "d.csv", ["image", "text", "tags"],
+                     [[p, r.caption, "|".join(words(r))] for p, r in zip(paths, ROWS)])
+    assert main(["-q", "data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows_read"] == len(ROWS) and report["columns"]["labels"] == "tags"
+    (tmp_path / paths[2]).unlink()
+    assert main(["-q", "data", str(data)]) == 2
+    assert f"{paths[2]}: missing" in capsys.readouterr().err
+    assert main(["-q", "data", str(data), "--skip-bad"]) == 0
+    assert "1 missing" in capsys.readouterr().out
+
+
+def dataset_in(fmt: str, root: Path) -> Path:
+    """The first ROWS as a dataset of format `fmt` in `root`, with their images."""
+    paths = copy_images(root, "img", ".png" if fmt == "imagefolder" else ".jpg")
+    rows = [{"image": p, "text": r.caption, "tags": words(r)} for p, r in zip(paths, ROWS)]
+    if fmt in ("csv", "tsv"):
+        return write_csv(root / f"d.{fmt}", ["image", "text", "tags"],
+                         [[r["image"], r["text"], "|".join(r["tags"])] for r in rows],
+                         "\t" if fmt == "tsv" else ",")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_pylist(rows), root / "d.parquet")
+        return root / "d.parquet"
+    if fmt == "imagefolder":
+        write_jsonl(root / "metadata.jsonl", [{"file_name": r["image"], "text": r["text"],
+                                               "labels": r["tags"]} for r in rows])
+        return root
+    return write_jsonl(root / "d.jsonl", rows)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "imagefolder"])
+def test_captag_data_reads_every_format(tmp_path, fmt, capsys):
+    path = dataset_in(fmt, tmp_path)
+    assert main(["-q", "data", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == fmt and report["rows_read"] == len(ROWS)
+    assert report["images"]["found"] == len(ROWS)
+    counts = {c["label"]: c["rows"] for c in report["labels"]["counts"]}
+    assert counts["person"] == sum("person" in words(r) for r in ROWS)
