@@ -50,3 +50,22 @@ def test_two_processes_fill_once(tmp_path):
     assert sorted((hits, misses) for hits, misses, _ in results) == [(0, 1), (1, 0)]
     assert all(values == [0.0, 1.0, 2.0, 3.0] for _, _, values in results)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_images_are_keyed_by_content_not_by_name(tmp_path):
+    """Two datasets that both hold 0.jpg: the same name with other pixels is another key; the
+    same pixels under another name is the same key."""
+    import shutil
+
+    from conftest import DATA
+    from captag.training.features import file_hashes
+    for folder, source in (("a", "9.jpg"), ("b", "26.jpg"), ("c", "9.jpg")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(DATA / "data" / source, tmp_path / folder / "0.jpg")
+    shutil.copy(DATA / "data" / "9.jpg", tmp_path / "c" / "other.jpg")
+    a, b, c, other = file_hashes([tmp_path / "a" / "0.jpg", tmp_path / "b" / "0.jpg",
+                                  tmp_path / "c" / "0.jpg", tmp_path / "c" / "other.jpg"])
+    assert a != b and a == c == other
+    cache = FeatureCache(tmp_path / "cache")
+    spec = {"kind": "image", "name": "enc"}
+    assert cache.key(spec, [a]) != cache.key(spec, [b])

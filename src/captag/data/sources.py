@@ -181,7 +181,7 @@ def _all_int(ids) -> bool:
 
 def _image_dir(path: Path, images: str | None) -> Path:
     if not images:
-        return path.parent
+        return path.absolute().parent
     folder = Path(images)
     if not folder.is_dir():
         raise DataNotFoundError(f"Image folder {folder} (given with --images) does not exist. "
