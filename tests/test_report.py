@@ -21,9 +21,11 @@ COLUMNS = [
 SKIPPED = "skipped: no pretrained weights offline"
 
 
-def fake_run(folder: Path, final_f1: float, epochs: int = 3) -> Path:
-    """A run folder with a plausible metrics.csv and summary.json."""
+def fake_run(folder: Path, final_f1: float, epochs: int = 3, labels=LABELS, names=NAMES) -> Path:
+    """A run folder with a plausible metrics.csv, summary.json and labels.json (COMP5329's
+    labels unless others are given)."""
     folder.mkdir(parents=True)
+    (folder / "labels.json").write_text(json.dumps({"ids": list(labels), "names": list(names)}))
     lines = ["epoch,train_loss,val_loss,val_f1_samples,val_f1_micro,val_f1_macro,val_map,seconds"]
     for epoch in range(1, epochs + 1):
         f1 = final_f1 - 0.05 * (epochs - epoch)
@@ -33,7 +35,7 @@ def fake_run(folder: Path, final_f1: float, epochs: int = 3) -> Path:
     per_class = [{"label": label, "name": name, "support": 500 - 20 * i,
                   "precision": 0.9 - 0.02 * i, "recall": 0.85 - 0.02 * i,
                   "f1": max(0.0, final_f1 - 0.03 * i), "ap": 0.9 - 0.02 * i}
-                 for i, (label, name) in enumerate(zip(LABELS, NAMES))]
+                 for i, (label, name) in enumerate(zip(labels, names))]
     (folder / "summary.json").write_text(json.dumps({"val_per_class": per_class}))
     return folder
 
@@ -175,3 +177,73 @@ def test_a_plot_widens_until_its_longest_name_fits(tmp_path):
     renderer = figure.canvas.get_renderer()
     ends = [t.get_window_extent(renderer).x1 for t in figure.findobj(Text) if t.get_text()]
     assert figure.get_size_inches()[0] > 4 and max(ends) <= figure.bbox.x1
+
+
+COMP5329_WORDS = ("COCO", "18 labels", "competition", "0.8966", "seed's published")
+
+
+def word_run(folder: Path, final_f1: float, words: list[str]) -> Path:
+    """A run on data with word labels: its labels.json ids are the words; support falls with
+    the word's place, except that the last word is the most frequent."""
+    fake_run(folder, final_f1, labels=words, names=words)
+    summary = json.loads((folder / "summary.json").read_text())
+    for number, row in enumerate(summary["val_per_class"]):
+        row["support"] = 900 if number == len(words) - 1 else 500 - 5 * number
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_a_report_on_word_labels_names_them_and_nothing_of_comp5329(tmp_path):
+    words = ["animal", "outdoor", "person", "vehicle"]
+    fused = word_run(tmp_path / "runs" / "fusion", 0.9, words)
+    image = word_run(tmp_path / "runs" / "image-only", 0.8, words)
+    write_report(tmp_path, [row("fusion", "compare", "fusion", 0.9, run_dir=fused),
+                            row("image-only", "compare", "image-only", 0.8, run_dir=image)], "Study")
+    report = (tmp_path / "report.md").read_text()
+    for page in (report, (tmp_path / "report.html").read_text()):
+        assert not [word for word in COMP5329_WORDS if word in page]
+    assert "The runs learned 4 labels: animal, outdoor, person, vehicle." in report
+    assert "F1 samples 0.9000" in report and "within the 100 MB budget." in report
+    assert "most frequent" not in report and "| validation rows |" not in report  # all 4 plotted
+
+
+def test_comp5329_runs_keep_the_seed_comparison(tmp_path):
+    fused = fake_run(tmp_path / "runs" / "fusion", 0.9)
+    write_report(tmp_path, [row("fusion", "compare", "fusion", 0.9, run_dir=fused)], "Study")
+    report = (tmp_path / "report.md").read_text()
+    assert "the competition's" in report and "0.0034 above the seed's published" in report
+    assert "The runs learned" not in report and "most frequent" not in report
+    # without any labels.json, the caller tells; it defaults to COMP5329
+    write_report(tmp_path / "other", [row("gone", "compare", f1=0.5)], "Study", comp5329=False)
+    assert "0.8966" not in (tmp_path / "other" / "report.md").read_text()
+
+
+def test_eighty_labels_plot_the_30_most_frequent_and_the_table_lists_all(tmp_path):
+    from PIL import Image
+    words = [f"genre {number:02d}" for number in range(80)]
+    fused = word_run(tmp_path / "runs" / "fusion", 0.9, words)
+    image = word_run(tmp_path / "runs" / "image-only", 0.8, words)
+    write_report(tmp_path, [row("fusion", "compare", "fusion", 0.9, run_dir=fused),
+                            row("image-only", "compare", "image-only", 0.8, run_dir=image)], "Study")
+    report = (tmp_path / "report.md").read_text()
+    note = ": the 30 most frequent of 80 labels (by validation rows)"
+    assert f"![Per-class F1 of the top 2 compared models{note}]" in report
+    assert f"![Per-class validation F1 of the best model (fusion){note}]" in report
+    assert "The runs learned 80 labels" in report and "genre 00," not in report
+    table = [line for line in report.split("## Best model per class")[1].splitlines()
+             if line.startswith("| ") and not line.startswith("| ---")]
+    assert table[0] == "| label | validation rows | precision | recall | F1 | AP |"
+    assert len(table) == 81 and table[1].startswith("| genre 79 | 900 |")  # most rows first
+    for name in ("compare-per-class.png", "best-per-class-fusion.png"):
+        width, height = Image.open(tmp_path / "plots" / name).size
+        assert height < 2000, (name, height)
+
+
+def test_most_frequent_keeps_the_series_when_every_label_fits():
+    from captag.experiments.report import most_frequent
+    rows = [{"label": word, "name": word, "support": n, "f1": 0.5}
+            for n, word in enumerate(["a", "b", "c"])]
+    assert most_frequent({"m": rows}) == ({"m": rows}, "")
+    cut, note = most_frequent({"m": rows, "n": rows[::-1]}, limit=2)
+    assert [r["label"] for r in cut["m"]] == ["c", "b"] == [r["label"] for r in cut["n"]]
+    assert note == ": the 2 most frequent of 3 labels (by validation rows)"

@@ -8,6 +8,7 @@ global figure state is kept between plots.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -84,7 +85,7 @@ def per_class_plot(series: dict[str, list[dict]], path: Path, title: str) -> Pat
     """Horizontal bars of per-class F1, one bar per series (model) for each class.
 
     `series` maps a model name to its per-class rows ({label, name, support, f1, ...});
-    classes follow the first series' order.
+    classes follow the first series' order. A long title wraps onto more lines.
     """
     names = list(series)
     classes = class_order(series)
@@ -99,15 +100,20 @@ def per_class_plot(series: dict[str, list[dict]], path: Path, title: str) -> Pat
             ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=7)
     ax.set_yticks(range(len(classes)), [label for _, label in classes], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="validation F1 (tuned threshold)", title=short(title, 90))
+    ax.set(xlim=(0, 1), xlabel="validation F1 (tuned threshold)", title=textwrap.fill(title, 90))
     ax.grid(axis="x", alpha=0.3)
     if len(names) > 1:
         ax.legend(fontsize=8, loc="best")
     return save(figure, path)
 
 
+def class_key(row: dict) -> str:
+    """A per-class row's label ID as text (its name when it has no ID)."""
+    return str(row.get("label", row.get("name")))
+
+
 def class_rows(rows: list[dict]) -> dict[str, dict]:
-    return {str(row.get("label", row.get("name"))): row for row in rows}
+    return {class_key(row): row for row in rows}
 
 
 def class_order(series: dict[str, list[dict]]) -> list[tuple[str, str]]:
@@ -118,7 +124,7 @@ def class_order(series: dict[str, list[dict]]) -> list[tuple[str, str]]:
             if key not in order:
                 support = row.get("support")
                 suffix = f" (n={support})" if support not in (None, "") else ""
-                order[key] = f"{row.get('name', key)}{suffix}"
+                order[key] = f"{short(row.get('name', key))}{suffix}"
     return list(order.items())
 
 

@@ -8,6 +8,11 @@ Tables follow the seed study's Table 1 (model, F1, training time, prediction tim
 under the 100 MB budget). Rows may come straight from a CSV (every value a string) and
 skipped or failed runs have empty metrics; they are listed last with their status, and
 randomly initialised encoders show as weights "none (random init)".
+
+Label names come from each run folder's labels.json. On data other than COMP5329 the report
+names its labels and leaves out what only COMP5329 has (the competition, the seed's published
+F1). Per-class plots show at most the 30 labels with most validation rows, and say so; the best
+model's per-class table then lists every label.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from captag.data.labels import LABEL_IDS, LabelMap
+from captag.errors import CaptagError
 from captag.experiments import plots as draw
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,8 @@ GROUP_TITLES = {
 SWEEP_OPTIONS = ("model", "mode", "image_encoder", "text_encoder", "batch_size", "lr",
                  "head_lr", "epochs")
 MAX_COMPARE_CLASSES_MODELS = 6
+MAX_PLOT_CLASSES = 30  # labels in a per-class plot: the most frequent ones
+MAX_NAMED_LABELS = 30  # labels named in the data note; more are listed in the per-class table
 MAX_STATUS = 160
 RANDOM_WEIGHTS = "none (random init)"
 MISSING = "-"
@@ -193,7 +202,8 @@ def read_metrics(run_dir: Path | None) -> list[dict]:
 
 
 def read_per_class(run_dir: Path | None) -> list[dict]:
-    """summary.json's "val_per_class" rows with f1 as a float (None where missing)."""
+    """summary.json's "val_per_class" rows with f1 as a float (None where missing), each named
+    from the run's labels.json."""
     path = run_dir / "summary.json" if run_dir else None
     if path is None or not path.is_file():
         return []
@@ -202,7 +212,41 @@ def read_per_class(run_dir: Path | None) -> list[dict]:
     except (ValueError, AttributeError):
         log.warning("could not read %s", path)
         return []
-    return [{**row, "f1": number(row.get("f1"))} for row in rows if isinstance(row, dict)]
+    labels = run_labels(run_dir)
+    names = {str(i): n for i, n in zip(labels.ids, labels.names)} if labels else {}
+    return [{**row, "f1": number(row.get("f1")),
+             "name": names.get(str(row.get("label")), row.get("name", row.get("label")))}
+            for row in rows if isinstance(row, dict)]
+
+
+def run_labels(run_dir: Path | None) -> LabelMap | None:
+    """The run's labels.json; None without a readable one."""
+    path = run_dir / "labels.json" if run_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return LabelMap.load(path)
+    except CaptagError:
+        log.warning("could not read %s", path)
+        return None
+
+
+def study_labels(rows: list[dict], out_dir: Path) -> LabelMap | None:
+    """The labels the study's runs learned: the labels.json of the first run folder that has
+    one (best run first); None if no run folder has one."""
+    for row in sort_rows(rows):
+        labels = run_labels(find_run_dir(row, out_dir))
+        if labels is not None:
+            return labels
+    return None
+
+
+def is_comp5329(labels: LabelMap | None, comp5329: bool | None = None) -> bool:
+    """Whether the runs learned COMP5329's labels (integer IDs); without a labels.json, the
+    caller's `comp5329` answer, and COMP5329 if it has none."""
+    if labels is not None:
+        return tuple(labels.ids) == LABEL_IDS
+    return True if comp5329 is None else comp5329
 
 
 # ---- sweeps ---------------------------------------------------------------------------------
@@ -308,6 +352,38 @@ def per_class_series(rows: list[dict], out_dir: Path) -> dict[str, list[dict]]:
     return series
 
 
+def by_support(rows: list[dict]) -> list[dict]:
+    """Per-class rows, most validation rows first (ties keep the label order)."""
+    return sorted(rows, key=lambda row: -(number(row.get("support")) or 0))
+
+
+def most_frequent(series: dict[str, list[dict]],
+                  limit: int = MAX_PLOT_CLASSES) -> tuple[dict[str, list[dict]], str]:
+    """The series cut to the `limit` labels with most validation rows (in the first series
+    that has them), most first, and a note for the plot's title; with `limit` labels or fewer,
+    the series as they are and no note."""
+    support: dict[str, float] = {}
+    for rows in series.values():
+        for row in rows:
+            support.setdefault(draw.class_key(row), number(row.get("support")) or 0)
+    if len(support) <= limit:
+        return series, ""
+    keep = sorted(support, key=lambda key: -support[key])[:limit]
+    rank = {key: place for place, key in enumerate(keep)}
+    cut = {name: sorted((row for row in rows if draw.class_key(row) in rank),
+                        key=lambda row: rank[draw.class_key(row)])
+           for name, rows in series.items()}
+    return cut, f": the {limit} most frequent of {len(support)} labels (by validation rows)"
+
+
+def per_class_image(plots: Plots, stem: str, series: dict[str, list[dict]],
+                    caption: str) -> tuple | None:
+    """A per-class F1 plot of at most MAX_PLOT_CLASSES labels; its caption says when it shows
+    only the most frequent ones."""
+    series, note = most_frequent(series)
+    return image(plots, stem, draw.per_class_plot, series, caption + note)
+
+
 # ---- document -------------------------------------------------------------------------------
 # A report is a list of blocks: ("h1" | "h2" | "h3" | "p", text), ("img", path, caption)
 # and ("table", headers, cells, row_classes); to_markdown and to_html render them.
@@ -340,7 +416,8 @@ SCORE_COLUMNS = [
     column("weights", "weights", weights_text),
     column("status", "status", status_text),
 ]
-NUMERIC_HEADERS = {header for header, _ in SEARCH_COLUMNS + SCORE_COLUMNS[:8]}
+NUMERIC_HEADERS = {header for header, _ in SEARCH_COLUMNS + SCORE_COLUMNS[:8]} | {
+    "validation rows", "precision", "recall", "F1", "AP"}  # the per-class table's
 
 
 def columns_for(group: str) -> list:
@@ -360,32 +437,39 @@ def table_block(rows: list[dict], columns: list) -> tuple:
     return "table", [header for header, _ in columns], cells, [row_class(row) for row in rows]
 
 
-def measured_note(rows: list[dict]) -> str:
+def measured_note(rows: list[dict], comp5329: bool = True) -> str:
     counts = Counter("ok" if is_ok(row) else text(row.get("status")).split(":")[0]
                      for row in rows)
     tally = ", ".join(f"{count} {status}" for status, count in counts.items()) or "none"
+    held_out = "training CSV" if comp5329 else "training data"
+    f1_name = ", the competition's \"mean F1\"" if comp5329 else ""
+    budget = "the seed's" if comp5329 else "the"
     return (
-        "All scores are on the validation split held out from the training CSV. "
-        "F1 samples is scikit-learn's f1_score(average='samples'), the competition's "
-        "\"mean F1\"; F1 micro, F1 macro and mAP (mean average precision over classes) are "
+        f"All scores are on the validation split held out from the {held_out}. "
+        f"F1 samples is scikit-learn's f1_score(average='samples'){f1_name}; F1 micro, F1 macro "
+        "and mAP (mean average precision over classes) are "
         "given beside it. Each run's decision threshold is tuned on the validation split "
         "(results.csv also holds F1 samples at 0.5). Train time is the wall-clock time of the "
         "whole training run; prediction time is the end-to-end time to predict the validation "
         "split (images decoded, full model). Sizes are in MB = 2**20 bytes: size is the "
-        "parameters in fp32, file is the saved model file, which is checked against the "
-        f"seed's {BUDGET_MB:g} MB budget. Weights \"{RANDOM_WEIGHTS}\" marks randomly "
+        "parameters in fp32, file is the saved model file, which is checked against "
+        f"{budget} {BUDGET_MB:g} MB budget. Weights \"{RANDOM_WEIGHTS}\" marks randomly "
         "initialised encoders, which are not pretrained results. "
         f"Runs: {len(rows)} ({tally})."
     )
 
 
-def best_note(best: dict | None) -> str:
+def best_note(best: dict | None, comp5329: bool = True) -> str:
+    """The best run's scores, times and size; on COMP5329, against the seed's published F1."""
     if best is None:
-        return (f"No run finished, so there is no best model yet; the seed's published best "
-                f"validation F1 is {SEED_BEST_F1:.4f}.")
+        seed = (f"; the seed's published best validation F1 is {SEED_BEST_F1:.4f}" if comp5329
+                else "")
+        return f"No run finished, so there is no best model yet{seed}."
     f1 = f1_of(best)
     gap = f1 - SEED_BEST_F1
     relation = "above" if gap > 0 else "below" if gap < 0 else "equal to"
+    seed = (f" That is {abs(gap):.4f} {relation} the seed's published best validation F1 of "
+            f"{SEED_BEST_F1:.4f}." if comp5329 else "")
     budget = {"yes": "within", "no": "over"}.get(yes_no(best.get("within_budget")))
     budget_text = f", {budget} the {BUDGET_MB:g} MB budget" if budget else ""
     random_text = " (randomly initialised encoders)" if text(best.get("weights")) == "none" else ""
@@ -397,9 +481,17 @@ def best_note(best: dict | None) -> str:
         f"{general(best.get('threshold'))}; train time {one_decimal(best.get('train_seconds'))} s, "
         f"prediction time {one_decimal(best.get('predict_seconds'))} s, size "
         f"{one_decimal(best.get('size_mb'))} MB (file {one_decimal(best.get('model_file_mb'))} MB)"
-        f"{budget_text}. That is {abs(gap):.4f} {relation} the seed's published best validation "
-        f"F1 of {SEED_BEST_F1:.4f}."
+        f"{budget_text}.{seed}"
     )
+
+
+def labels_note(labels: LabelMap) -> str:
+    """The labels the runs learned (data other than COMP5329)."""
+    count = len(labels)
+    if count > MAX_NAMED_LABELS:
+        return (f"The runs learned {count} labels (labels.json in each run folder); the best "
+                "model's per-class table lists every one.")
+    return f"The runs learned {count} labels: {', '.join(labels.names)}."
 
 
 def group_plots(group: str, rows: list[dict], plots: Plots) -> list[tuple]:
@@ -414,8 +506,8 @@ def group_plots(group: str, rows: list[dict], plots: Plots) -> list[tuple]:
                                 "Validation F1 samples against size (compare)"))
         series = per_class_series(done[:MAX_COMPARE_CLASSES_MODELS], plots.out_dir)
         if series:
-            blocks.append(image(plots, f"{group}-per-class", draw.per_class_plot, series,
-                                f"Per-class F1 of the top {len(series)} compared models"))
+            blocks.append(per_class_image(plots, f"{group}-per-class", series,
+                                          f"Per-class F1 of the top {len(series)} compared models"))
     if is_search(group):
         series = sweep_series(rows)
         if series:
@@ -451,14 +543,33 @@ def best_section(best: dict | None, plots: Plots) -> list[tuple]:
     if not classes:
         return []
     name = text(best.get("run"))
-    block = image(plots, f"best-per-class-{name}", draw.per_class_plot, {name: classes},
-                  f"Per-class validation F1 of the best model ({name})")
-    return [("h2", "Best model per class"), block] if block else []
+    block = per_class_image(plots, f"best-per-class-{name}", {name: classes},
+                            f"Per-class validation F1 of the best model ({name})")
+    table = [per_class_table(classes)] if len(classes) > MAX_PLOT_CLASSES else []
+    return [("h2", "Best model per class"), *([block] if block else []), *table]
 
 
-def build_blocks(rows: list[dict], title: str, plots: Plots) -> list[tuple]:
+PER_CLASS_COLUMNS = [column("label", "name", text), column("validation rows", "support", general),
+                     *(column(header, key, f1_text) for header, key in
+                       (("precision", "precision"), ("recall", "recall"), ("F1", "f1"), ("AP", "ap")))]
+
+
+def per_class_table(classes: list[dict]) -> tuple:
+    """Every label's validation scores, most validation rows first."""
+    rows = by_support(classes)
+    return ("table", [header for header, _ in PER_CLASS_COLUMNS],
+            [[format_(row) for _, format_ in PER_CLASS_COLUMNS] for row in rows], [""] * len(rows))
+
+
+def build_blocks(rows: list[dict], title: str, plots: Plots,
+                 comp5329: bool | None = None) -> list[tuple]:
     best = best_row(rows)
-    blocks = [("h1", title), ("p", measured_note(rows)), ("p", best_note(best))]
+    labels = study_labels(rows, plots.out_dir)
+    comp5329 = is_comp5329(labels, comp5329)
+    blocks = [("h1", title), ("p", measured_note(rows, comp5329))]
+    if not comp5329 and labels is not None:
+        blocks.append(("p", labels_note(labels)))
+    blocks.append(("p", best_note(best, comp5329)))
     for group, members in grouped(rows):
         blocks += group_section(group, members, plots)
     return blocks + best_section(best, plots)
@@ -536,11 +647,13 @@ def to_html(blocks: list[tuple], title: str) -> str:
 
 # ---- entry points ---------------------------------------------------------------------------
 
-def write_report(out_dir: Path, rows: list[dict], title: str) -> None:
-    """Write OUT/report.md, OUT/report.html and the PNGs under OUT/plots for these rows."""
+def write_report(out_dir: Path, rows: list[dict], title: str,
+                 comp5329: bool | None = None) -> None:
+    """Write OUT/report.md, OUT/report.html and the PNGs under OUT/plots for these rows.
+    Whether the data is COMP5329 comes from the runs' labels.json, else from `comp5329`."""
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    blocks = build_blocks([dict(row) for row in rows], title, Plots(out_dir))
+    blocks = build_blocks([dict(row) for row in rows], title, Plots(out_dir), comp5329)
     (out_dir / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (out_dir / "report.html").write_text(to_html(blocks, title), encoding="utf-8")
 

@@ -3,6 +3,7 @@
     OUT/runs/NAME/             one run folder per config (train, evaluate and predict work on it)
     OUT/runs/NAME/speed.json   its prediction speed, measured once
     OUT/results.csv            one row per config, rewritten after each run
+    OUT/.lock                  held while a study writes OUT (`study_lock`)
 
 A run folder that already holds summary.json is reused, so an interrupted study continues.
 Models whose pretrained weights are not available offline are listed as skipped (weights
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from captag.config import RunConfig
@@ -38,6 +40,9 @@ RESULT_COLUMNS = [
     "model_file_mb", "within_budget", "parameters", "weights", "status", "run_dir"]
 SKIPPED_RANDOM = "skipped: no pretrained weights offline"
 RUNTIME_FIELDS = ("cache_dir", "num_workers", "accelerator", "devices")
+# data settings that the reader finds when not given, and that train saves as it found them
+FOUND_FIELDS = ("image_column", "text_column", "label_column", "label_sep", "label_columns",
+                "label_columns_prefix")
 
 
 def mode_of(cfg: RunConfig) -> str:
@@ -80,14 +85,31 @@ def planned_weights(cfg: RunConfig) -> str:
 
 
 def _check_same_settings(run: RunFolder, cfg: RunConfig) -> None:
+    """FileExistsError unless the run was trained with cfg's settings. The data's columns and
+    label form that cfg leaves to the reader match whatever the run saved (what it found)."""
     saved, wanted = run.load_config().to_dict(), cfg.to_dict()
     for key in ("csv", "images"):
         for values in (saved, wanted):
             values[key] = str(Path(values[key]).resolve()) if values[key] else values[key]
-    differ = [k for k in wanted if k not in RUNTIME_FIELDS and saved.get(k) != wanted[k]]
+    found = [k for k in FOUND_FIELDS if wanted.get(k) is None]
+    differ = [k for k in wanted if k not in (*RUNTIME_FIELDS, *found) and saved.get(k) != wanted[k]]
     if differ:
         raise FileExistsError(f"{run.path} holds a run with other settings ({', '.join(differ)}); "
                               "use another --out folder or remove that run folder.")
+
+
+@contextmanager
+def study_lock(out_dir: str | Path):
+    """Hold OUT/.lock while a compare, sweep, ablate or study writes OUT: a second one into the
+    same folder gets RunFolderError at once, naming the folder, before any data is read."""
+    out_dir = Path(out_dir)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(RunFolder(out_dir).lock())
+        except RunFolderError:
+            raise RunFolderError(f"another captag study is writing into {out_dir}; wait for it to "
+                                 "finish, or pass another --out folder.") from None
+        yield out_dir
 
 
 def _train(cfg: RunConfig, run: RunFolder, progress: bool) -> dict:
@@ -99,7 +121,8 @@ def _train(cfg: RunConfig, run: RunFolder, progress: bool) -> dict:
             log.warning("Could not resume %s (%s); training it again from the start.",
                         run.path, " ".join(str(error).split())[:200])
     if run.path.exists():
-        shutil.rmtree(run.path)  # an unfinished run: start it again
+        with run.lock():  # never the folder of a train that is running (RunFolderError)
+            shutil.rmtree(run.path)  # an unfinished run: start it again
     return train(cfg, run.path, progress=progress)
 
 

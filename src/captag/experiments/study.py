@@ -1,20 +1,25 @@
 """The study commands: compare models, sweep settings (grid or Optuna), ablate a fused model,
 and the seed's whole study (comparison, three sweeps, ablation) in one call.
 
-Each writes OUT/results.csv (one row per run, runs in OUT/runs/) and then the report.
+Each writes OUT/results.csv (one row per run, runs in OUT/runs/) and then the report, holding
+OUT/.lock throughout: a second one into the same OUT is refused at once.
 Runs are named from their settings, so the same settings in two parts share one run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
 
 from captag.config import RunConfig
+from captag.data import DataOptions
+from captag.data.tables import data_file
+from captag.errors import CaptagError
 from captag.evaluation.size import BUDGET_MB
 from captag.experiments.grid import grid_points, one_at_a_time, parse_grid
-from captag.experiments.runner import mode_of, run_many, run_row, write_results
+from captag.experiments.runner import mode_of, run_many, run_row, study_lock, write_results
 from captag.models import catalog
 from captag.models.weights import plan_weights
 
@@ -26,6 +31,9 @@ SEED_BASE = {"batch_size": 16, "lr": 1e-4, "epochs": 3}
 # samples-F1 stops rising, up to 50 epochs; at 224 px (ImageNet's usual size), which halves
 # the feature extraction of 320 px (the default recipe's row trains at 320)
 FROZEN = dict(image_trainable=0, text_trainable=0, epochs=50, patience=5, image_size=224)
+# the settings that say how to read the data (images, columns, label form, labels file...)
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataOptions)
+                    if f.name in {g.name for g in dataclasses.fields(RunConfig)})
 
 
 def base_config(base_cfg: RunConfig | None, csv) -> RunConfig:
@@ -36,10 +44,12 @@ def base_config(base_cfg: RunConfig | None, csv) -> RunConfig:
 
 
 def default_recipe(base: RunConfig) -> tuple:
-    """(name, group, config) of `captag train`'s default recipe on the base's data (and with
-    its min_steps, which bounds the epochs on small data)."""
-    cfg = RunConfig(csv=base.csv, images=base.images, cache_dir=base.cache_dir, seed=base.seed,
-                    val_fraction=base.val_fraction, min_steps=base.min_steps)
+    """(name, group, config) of `captag train`'s default recipe on the base's data, read the
+    same way (its columns and label form), and with its min_steps, which bounds the epochs on
+    small data."""
+    data = {name: getattr(base, name) for name in DATA_FIELDS}
+    cfg = RunConfig(csv=base.csv, cache_dir=base.cache_dir, seed=base.seed,
+                    val_fraction=base.val_fraction, min_steps=base.min_steps, **data)
     return "captag-default-" + run_name(cfg), "compare", cfg
 
 
@@ -62,13 +72,24 @@ def with_point(cfg: RunConfig, point: dict) -> RunConfig:
     return cfg.update(**values)
 
 
-def report(out, rows: list[dict], title: str) -> None:
+def report(out, rows: list[dict], title: str, base: RunConfig | None = None) -> None:
     try:
         from captag.experiments.report import write_report
     except ImportError as error:
         log.warning("No report written (%s); the results are in %s", error, Path(out) / "results.csv")
         return
-    write_report(Path(out), rows, title)
+    write_report(Path(out), rows, title, comp5329=is_comp5329(base))
+
+
+def is_comp5329(cfg: RunConfig | None) -> bool | None:
+    """Whether the base's data is a COMP5329 file (None if that cannot be told): what the
+    report goes by when no run folder has a labels.json to tell it."""
+    if cfg is None or not cfg.csv:
+        return None
+    try:
+        return data_file(cfg.csv, cfg.format)[1] == "comp5329"
+    except (CaptagError, OSError):
+        return None
 
 
 def _options(kw: dict) -> dict:
@@ -82,8 +103,10 @@ def compare_configs(base: RunConfig, models: list[str], group: str = "compare") 
 
 def compare(csv, models: list[str], out, base_cfg: RunConfig | None = None, **options) -> list[dict]:
     """Train each model with the same base settings; one results row each."""
-    rows = run_many(compare_configs(base_config(base_cfg, csv), models), out, **_options(options))
-    report(out, rows, "Model comparison")
+    with study_lock(out):
+        base = base_config(base_cfg, csv)
+        rows = run_many(compare_configs(base, models), out, **_options(options))
+        report(out, rows, "Model comparison", base)
     return rows
 
 
@@ -107,12 +130,13 @@ def sweep(csv, model: str, grid: str | dict, out, base_cfg: RunConfig | None = N
     """Train `model` over a grid: every point, one option at a time `around` a base, or Optuna."""
     grid = parse_grid(grid) if isinstance(grid, str) else grid
     base = base_config(base_cfg, csv)
-    if optuna_trials:
-        rows = optuna_sweep(base, model, grid, out, optuna_trials, **_options(options))
-    else:
-        points = one_at_a_time(grid, around) if around is not None else grid_points(grid)
-        rows = run_many(sweep_configs(base, model, points), out, **_options(options))
-    report(out, rows, f"Sweep of {model}")
+    with study_lock(out):
+        if optuna_trials:
+            rows = optuna_sweep(base, model, grid, out, optuna_trials, **_options(options))
+        else:
+            points = one_at_a_time(grid, around) if around is not None else grid_points(grid)
+            rows = run_many(sweep_configs(base, model, points), out, **_options(options))
+        report(out, rows, f"Sweep of {model}", base)
     return rows
 
 
@@ -160,8 +184,11 @@ def ablate_configs(base: RunConfig, model: str) -> list:
 
 def ablate(csv, model: str, out, base_cfg: RunConfig | None = None, **options) -> list[dict]:
     """The fused model IMAGE+TEXT against IMAGE alone and TEXT alone, same settings."""
-    rows = run_many(ablate_configs(base_config(base_cfg, csv), model), out, **_options(options))
-    report(out, rows, f"Ablation of {model}")
+    base = base_config(base_cfg, csv)
+    configs = ablate_configs(base, model)
+    with study_lock(out):
+        rows = run_many(configs, out, **_options(options))
+        report(out, rows, f"Ablation of {model}", base)
     return rows
 
 
@@ -189,14 +216,15 @@ def study(csv, out, base_cfg: RunConfig | None = None, include_random: bool = Fa
     are listed with their size but not trained; max_mb None or 0 trains them too."""
     options = {**_options(options), "include_random": include_random}
     base = base_config(base_cfg, csv)
-    runs = [*compare_configs(base, zoo_models()), default_recipe(base)]
-    rows = run_many(runs, out, max_mb=max_mb, **options)
-    model = best_fused([r for r in rows if r["mode"] == mode_of(base)])
-    if model is None:
-        log.warning("No fused model trained, so no sweeps and no ablation.")
-    else:
-        points = one_at_a_time(parse_grid(SEED_GRID), SEED_BASE)
-        rows += run_many(sweep_configs(base, model, points), out, earlier_rows=rows, **options)
-        rows += run_many(ablate_configs(base, model), out, earlier_rows=rows, **options)
-    report(out, rows, "The seed's study")
+    with study_lock(out):
+        runs = [*compare_configs(base, zoo_models()), default_recipe(base)]
+        rows = run_many(runs, out, max_mb=max_mb, **options)
+        model = best_fused([r for r in rows if r["mode"] == mode_of(base)])
+        if model is None:
+            log.warning("No fused model trained, so no sweeps and no ablation.")
+        else:
+            points = one_at_a_time(parse_grid(SEED_GRID), SEED_BASE)
+            rows += run_many(sweep_configs(base, model, points), out, earlier_rows=rows, **options)
+            rows += run_many(ablate_configs(base, model), out, earlier_rows=rows, **options)
+        report(out, rows, "The seed's study", base)
     return rows
