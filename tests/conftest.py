@@ -1,6 +1,10 @@
-"""Shared pytest fixtures: the real data, a feature cache, and a small trained run."""
+"""Shared pytest fixtures: the real data, a feature cache, a small trained run, headless
+Chromium, and a model folder served over HTTP."""
 
 import shutil
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,53 @@ def run_copy(frozen_run, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(frozen_run, copy)
     return copy
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Selenium (Debian `chromium` and `chromium-driver`); the test
+    is skipped, with the reason, where they are missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.common.exceptions import WebDriverException
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("headless Chromium or chromedriver is missing "
+                    "(apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1000,1600"):
+        options.add_argument(argument)
+    try:
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+    except WebDriverException as error:
+        pytest.skip(f"Chromium does not start here: {error.msg}")
+    yield driver
+    driver.quit()
+
+
+@contextmanager
+def served(folder: Path):
+    """The URL of `captag serve` of a run or exported folder: uvicorn on a free loopback port,
+    in a thread."""
+    import uvicorn
+
+    from captag.serve.app import create_app
+    from captag.serve.model import ServedModel
+    from captag.serve.server import bind
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(ServedModel.load(folder)),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -2,58 +2,17 @@
 pick a photo from mini.csv, type its caption, press Enter, and see the labels that the API gives
 for the same input; a refused upload shows the API's message. Skipped where they are missing."""
 
-import shutil
-import threading
-import time
-
 import httpx
 import pytest
 
 from captag.data import read_records
-from captag.serve.app import create_app
-from captag.serve.model import ServedModel
-from captag.serve.server import bind
-from conftest import DATA, MINI
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
+from conftest import DATA, MINI, served
 
 
 @pytest.fixture(scope="module")
 def url(frozen_run):
-    """The app served by uvicorn on a free loopback port, in a thread."""
-    import uvicorn
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(ServedModel.load(frozen_run)),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    server.should_exit = True
-    thread.join(30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.common.exceptions import WebDriverException
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("headless Chromium or chromedriver is missing "
-                    "(apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1000,1600"):
-        options.add_argument(argument)
-    try:
-        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
-    except WebDriverException as error:
-        pytest.skip(f"Chromium does not start here: {error.msg}")
-    yield driver
-    driver.quit()
+    with served(frozen_run) as address:
+        yield address
 
 
 def submit(browser, path, caption: str) -> None:

@@ -3,7 +3,6 @@
 half-written cache entry behind, and the same command then gives the same model."""
 
 import csv
-import os
 import signal
 import subprocess
 import sys

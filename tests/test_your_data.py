@@ -68,7 +68,7 @@ def test_an_imagefolder_of_nested_pngs(tmp_path, cache_dir):
     assert main(["-q", "evaluate", str(run), "--data", str(folder)]) == 0
 
 
-def test_a_label_the_run_never_learned_stops_evaluate(posters, tmp_path, cache_dir, capsys):
+def test_a_label_the_run_never_learned_stops_evaluate_not_predict(posters, tmp_path, cache_dir, capsys):
     run = tmp_path / "run"
     train(posters, run, cache_dir, "--image-column", "poster", "--text-column", "plot",
           "--label-column", "genres")
@@ -78,6 +78,8 @@ def test_a_label_the_run_never_learned_stops_evaluate(posters, tmp_path, cache_d
     assert main(["-q", "evaluate", str(run), "--data", str(other)]) == 2
     error = capsys.readouterr().err
     assert "other.csv:3: column 'genres': the label 'unicorn' is not one the run learned" in error
+    out = tmp_path / "predicted.csv"  # predict does not read the labels it is given
+    assert main(["-q", "predict", str(run), "--data", str(other), "--output", str(out)]) == 0
 
 
 def test_bad_rows_are_left_out_and_listed_in_the_run_folder(tmp_path, cache_dir, capsys):
@@ -135,3 +137,82 @@ def test_captag_data_reads_every_format(tmp_path, fmt, capsys):
     assert report["images"]["found"] == len(ROWS)
     counts = {c["label"]: c["rows"] for c in report["labels"]["counts"]}
     assert counts["person"] == sum("person" in words(r) for r in ROWS)
+
+
+@pytest.fixture(scope="module")
+def posters_run(tmp_path_factory, cache_dir) -> tuple[Path, Path]:
+    """(a run, its data): a fusion model trained on posters with genres as words."""
+    root = tmp_path_factory.mktemp("posters")
+    paths = copy_images(root, "img")
+    data = write_csv(root / "posters.csv", ["poster", "plot", "genres"],
+                     [[p, r.caption, "|".join(words(r))] for p, r in zip(paths, ROWS)])
+    train(data, root / "run", cache_dir, "--image-column", "poster", "--text-column", "plot",
+          "--label-column", "genres")
+    return root / "run", data
+
+
+def test_the_python_api_predicts_the_rows_of_a_table(posters_run):
+    from captag.data import DataOptions
+    from captag.inference.predictor import Predictor
+    run, data = posters_run
+    predictor = Predictor.load(run)
+    rows = list(csv.DictReader(data.open()))
+    names = set(json.loads((run / "labels.json").read_text())["ids"])
+    by_path = predictor.predict(str(data))
+    assert len(by_path) == len(ROWS) and {l["name"] for r in by_path for l in r["labels"]} <= names
+    rows_abs = [{**row, "poster": str(data.parent / row["poster"])} for row in rows]
+    by_dicts = predictor.predict(rows_abs)
+    assert [r["labels"] for r in by_dicts] == [r["labels"] for r in by_path]
+    renamed = [{"photo": row["poster"], "plot": row["plot"]} for row in rows_abs]
+    with pytest.raises(Exception, match="'poster' is not a column"):
+        predictor.predict(renamed)
+    again = predictor.predict(renamed, options=DataOptions(image_column="photo"))
+    assert [r["labels"] for r in again] == [r["labels"] for r in by_path]
+
+
+def test_an_export_and_the_server_show_the_run_s_own_labels(posters_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from captag.deploy.export import export_run
+    from captag.deploy.runtime import ExportedPredictor
+    from captag.inference.predictor import Predictor
+    from captag.serve.app import create_app
+    from captag.serve.model import ServedModel
+    run, data = posters_run
+    names = json.loads((run / "labels.json").read_text())["ids"]
+    spec = export_run(run, tmp_path / "export")
+    assert spec["data"]["image_column"] == "poster" and spec["data"]["label_sep"] == "|"
+    exported = ExportedPredictor.load(tmp_path / "export")
+    expected = [r["labels"] for r in Predictor.load(run).predict(str(data))]
+    assert [r["labels"] for r in exported.predict(str(data))] == expected
+    with TestClient(create_app(ServedModel.load(tmp_path / "export"))) as client:
+        info = client.get("/info").json()
+        assert [label["name"] for label in info["labels"]] == names
+        description = client.get("/openapi.json").json()["info"]["description"]
+        assert f"{len(names)} labels" in description and "COCO" not in description
+        image = (data.parent / "img" / ROWS[0].image_id).read_bytes()
+        answer = client.post("/predict", files={"image": ("a.jpg", image, "image/jpeg")},
+                             data={"caption": ROWS[0].caption}).json()
+        assert set(answer["probabilities"]) == set(names)
+        assert all(label["id"] == label["name"] in names for label in answer["labels"])
+        page = client.get("/").text
+        assert "COCO" not in page and "18" not in page
+
+
+def test_one_hot_columns_are_predicted_as_one_hot_columns(tmp_path, cache_dir):
+    from captag.data.labels import LABEL_NAMES
+    paths = copy_images(tmp_path, "scans")
+    tags = {"tag_person": 1, "tag_car": 3, "tag_dog": 18}
+    rows = [[p, r.caption, *[int(label in r.labels) for label in tags.values()]]
+            for p, r in zip(paths, ROWS)]
+    data = write_csv(tmp_path / "reports.tsv", ["image", "report", *tags], rows, "\t")
+    train(data, tmp_path / "run", cache_dir, "--text-column", "report",
+          "--label-columns-prefix", "tag_")
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())["ids"] == sorted(
+        LABEL_NAMES[i] for i in tags.values())
+    out = tmp_path / "predicted.tsv"
+    assert main(["-q", "predict", str(tmp_path / "run"), "--data", str(data), "--output",
+                 str(out)]) == 0
+    predicted = list(csv.DictReader(out.open(), delimiter="\t"))
+    assert list(predicted[0]) == ["image", *tags]
+    assert all(row[column] in ("0", "1") for row in predicted for column in tags)

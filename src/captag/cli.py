@@ -60,7 +60,9 @@ def add_config_options(p: argparse.ArgumentParser, skip=(), only=None,
             continue
         flags = ["--" + f.name.replace("_", "-")] + (["--data"] if f.name == "csv" else [])
         kind = field_type(f)
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = f.metadata["help"]
+        if "default" not in help_text:
+            help_text += f" (default: {f.default})"
         if kind is bool:
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
@@ -232,8 +234,10 @@ def _add_data_command(sub) -> None:
 
 def cmd_export(args) -> int:
     from captag.deploy.export import export_run
+    data = {name: getattr(args, name) for name in ("csv", *DATA_SETTINGS)}
+    RunConfig().update(**data)  # checked before the run is read
     spec = export_run(args.run_dir, args.out, int8=args.int8, image_quant=args.image_quant,
-                      shrink=not args.full_vocab)
+                      shrink=not args.full_vocab, data=data)
     sizes = spec["sizes"]
     emit(args, spec, [f"exported {args.run_dir} to {args.out}"
                       f"{' (int8)' if args.int8 else ''}: graphs {sizes['model_mb']:.1f} MB, "
@@ -416,6 +420,8 @@ def _add_export_command(sub) -> None:
     p.add_argument("--full-vocab", action="store_true",
                    help="keep the whole vocabulary (default: only the training captions' tokens)")
     p.add_argument("--json", action="store_true", help="print model.yaml as JSON")
+    add_config_options(p, only=("csv", *DATA_SETTINGS),
+                       title="where the run's training data is now (default: where it was)")
     p.set_defaults(func=cmd_export)
 
 

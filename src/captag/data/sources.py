@@ -30,6 +30,9 @@ CANDIDATES = {
     "text": ("text", "caption", "title", "description"),
     "labels": ("labels", "tags", "label"),
 }
+# the settings that a run remembers, to read another file of the same shape the same way
+REMEMBERED = ("image_column", "text_column", "label_column", "label_sep", "label_columns",
+              "label_columns_prefix")
 OPTION = {"image": "--image-column", "text": "--text-column", "labels": "--label-column"}
 SEPARATORS = ("|", ";", ",")  # sniffed in this order; else whitespace
 TRUE, FALSE = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no", "")
@@ -148,6 +151,11 @@ def read_data(path: str | Path, options: DataOptions = DataOptions(),
         return Data(path, format, records, options.images, "ImageID", "Caption",
                     LabelForm("comp5329", "Labels", " ") if labelled else None)
     table = read_table(path, format, options.delimiter)
+    table.format = format  # an imagefolder's metadata is read as JSON Lines or CSV
+    return _read_table(table, options, known, path)
+
+
+def _read_table(table: Table, options: DataOptions, known: LabelMap | None, path: Path) -> Data:
     if not table.rows:
         raise DataFormatError(path, 1, "the file has no rows", "Add rows below the header.")
     image, text = (_column(table, options, kind) for kind in ("image", "text"))
@@ -160,8 +168,14 @@ def read_data(path: str | Path, options: DataOptions = DataOptions(),
     records, skipped = reader.read(options.skip_bad)
     if not records:
         raise DataFormatError(path, 1, "every row was left out as bad", "Fix the rows listed above.")
-    return Data(path, format, records, options.images, image, text, form, skipped,
+    return Data(path, table.format, records, options.images, image, text, form, skipped,
                 table.delimiter)
+
+
+def remembered(settings) -> dict:
+    """The REMEMBERED settings that `settings` (a RunConfig) sets."""
+    return {name: getattr(settings, name) for name in REMEMBERED
+            if getattr(settings, name, None) is not None}
 
 
 def require_labelled(data: Data, purpose: str) -> None:
@@ -173,6 +187,20 @@ def require_labelled(data: Data, purpose: str) -> None:
                               f"labelled rows (looked for {looked})",
                               "Pass --label-column, --label-columns or --label-columns-prefix; "
                               "`captag predict` is the command for unlabelled rows.")
+
+
+def read_rows(rows: Sequence[dict], options: DataOptions = DataOptions(),
+              name: str = "rows") -> Data:
+    """Rows given as dicts (a list of them, or a DataFrame's records), read as `read_data`
+    reads a file's rows; errors name the row by its 1-based number. Image paths are relative to
+    `options.images`, else to the current folder."""
+    rows = list(rows)
+    if not rows or not all(isinstance(row, dict) for row in rows):
+        raise DataFormatError(name, 1, "expected a non-empty list of dicts (one per row)",
+                              "Pass a DataFrame, a list of dicts or a data file.")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return _read_table(Table(Path(name), "rows", columns, rows, list(range(1, len(rows) + 1))),
+                       options, None, Path.cwd() / name)
 
 
 def _all_int(ids) -> bool:

@@ -25,6 +25,7 @@ from torch import nn
 
 import captag
 from captag.data import DataOptions, read_data
+from captag.data.sources import remembered
 from captag.data.images import open_image
 from captag.errors import ConfigError, DataNotFoundError, OutputError
 from captag.evaluation.size import BYTES_PER_MB, file_mb, parameter_count
@@ -91,11 +92,12 @@ def check_out(out) -> Path:
 
 
 def training_captions(run: RunFolder, cfg) -> list[str]:
-    """The captions of the run's training split, read from the run's CSV."""
-    if not Path(cfg.csv).is_file():
-        raise DataNotFoundError(f"{cfg.csv} (the training CSV named in {run.config}) is not "
+    """The captions of the run's training split, read from the run's training data."""
+    if not Path(cfg.csv).exists():
+        raise DataNotFoundError(f"{cfg.csv} (the training data named in {run.config}) is not "
                                 "there: the vocabulary is shrunk to its captions' tokens. Run "
-                                "from the folder the run was trained in, or pass --full-vocab.")
+                                "from the folder the run was trained in, pass --data where the "
+                                "data is now, or pass --full-vocab.")
     train_ids = set(run.load_split()[0]) if run.split.is_file() else None
     records = read_data(cfg.csv, DataOptions.of(cfg)).records
     return [r.caption for r in records if train_ids is None or r.key in train_ids]
@@ -211,6 +213,7 @@ def _spec(run: RunFolder, cfg, model: FusionModel, folder: Path, graphs: dict, p
                   "text_encoder": cfg.text_encoder if model.text else None},
         "graphs": graphs, "inputs": {p: inputs[p] for p in graphs}, "outputs": {"head": "logits"},
         "preprocessing": pre,
+        "data": remembered(cfg),
         "sizes": {"graphs_mb": graph_mb, "model_mb": round(sum(graph_mb.values()), 2),
                   "folder_mb": round(sum(file_mb(p) for p in folder.iterdir()), 2),
                   "parameters": total, "parameters_by_part": parameters,
@@ -237,9 +240,11 @@ def _preprocessing(cfg, model: FusionModel, token_map: bool) -> dict:
 
 
 def export_run(run_dir, out, int8: bool = False, image_quant: str = DEFAULT_IMAGE_QUANT,
-               shrink: bool = True) -> dict:
+               shrink: bool = True, data: dict | None = None) -> dict:
     """Export the run in `run_dir` to the new folder `out`; returns its model.yaml as a dict.
-    Everything is checked first, and the folder appears whole or not at all."""
+    Everything is checked first, and the folder appears whole or not at all. `data` (settings
+    such as csv and images) says where the run's training data is now, for the vocabulary's
+    captions and the int8 calibration images."""
     if image_quant not in IMAGE_QUANT:
         raise ConfigError(f"image_quant {image_quant!r} is not one of {', '.join(IMAGE_QUANT)}.")
     out = check_out(out)
@@ -247,6 +252,8 @@ def export_run(run_dir, out, int8: bool = False, image_quant: str = DEFAULT_IMAG
     run.check()
     cfg = run.load_config()
     model = run.load_model()
+    if data:
+        cfg = cfg.update(**data)
     captions = training_captions(run, cfg) if shrink and model.text is not None else None
     calibration = (calibration_images(run, cfg) if int8 and model.image is not None
                    and image_quant in ("qdq", "qoperator") else [])

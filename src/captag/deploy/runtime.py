@@ -27,7 +27,8 @@ from captag.deploy import MODEL_YAML
 from captag.errors import RunFolderError
 from captag.evaluation.metrics import load_thresholds
 from captag.files import read_json
-from captag.inference.inputs import check_inputs, is_single, results
+from captag.data.sources import DataOptions
+from captag.inference.inputs import check_inputs, is_single, is_table, results, table_inputs
 
 FORMAT = "captag-export"
 FORMAT_VERSION = 1
@@ -113,6 +114,7 @@ class ExportedPredictor:
         self.threshold = load_thresholds(self.path / "thresholds.json")
         pre = self.spec["preprocessing"]
         self.at_least_one = bool(pre["at_least_one"])
+        self.data_settings = dict(self.spec.get("data") or {})  # how its training data was read
         cores_threads, cores_decode = default_threads()
         self.threads, self.decode_threads = threads or cores_threads, decode_threads or cores_decode
         self.sessions = {part: session(self.path / name, self.threads)
@@ -201,9 +203,14 @@ class ExportedPredictor:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return self._run(sources, names, captions, batch_size, num_workers, progress)
 
-    def predict(self, images=None, captions=None, batch_size: int = 32):
-        """Labels and probabilities for one image and its caption, or for lists of them (see
+    def predict(self, images=None, captions=None, batch_size: int = 32,
+                options: DataOptions | None = None):
+        """Labels and probabilities for one image and its caption, for lists of them, or for
+        the rows of a DataFrame, a list of dicts or a data file (see
         `captag.inference.predictor.Predictor.predict`)."""
+        if is_table(images, captions):
+            images, captions = table_inputs(images, self.data_settings, options)
+            return self.predict(images, captions, batch_size)
         single = is_single(images, captions)
         images, captions = check_inputs(images, captions, self.has_image, self.has_text)
         names = [f"image {i}" for i in range(len(captions))]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from captag.config import RunConfig
 from captag.data import Data, DataOptions, LabelMap, load_split, read_data
+from captag.data.sources import REMEMBERED
 from captag.data.split import in_split_order
 from captag.errors import RunFolderError
 from captag.evaluation.speed import Timer, throughput
@@ -40,9 +41,6 @@ RESULT_COLUMNS = [
     "model_file_mb", "within_budget", "parameters", "weights", "status", "run_dir"]
 SKIPPED_RANDOM = "skipped: no pretrained weights offline"
 RUNTIME_FIELDS = ("cache_dir", "num_workers", "accelerator", "devices")
-# data settings that the reader finds when not given, and that train saves as it found them
-FOUND_FIELDS = ("image_column", "text_column", "label_column", "label_sep", "label_columns",
-                "label_columns_prefix")
 
 
 def mode_of(cfg: RunConfig) -> str:
@@ -91,7 +89,7 @@ def _check_same_settings(run: RunFolder, cfg: RunConfig) -> None:
     for key in ("csv", "images"):
         for values in (saved, wanted):
             values[key] = str(Path(values[key]).resolve()) if values[key] else values[key]
-    found = [k for k in FOUND_FIELDS if wanted.get(k) is None]
+    found = [k for k in REMEMBERED if wanted.get(k) is None]  # the reader found these
     differ = [k for k in wanted if k not in (*RUNTIME_FIELDS, *found) and saved.get(k) != wanted[k]]
     if differ:
         raise FileExistsError(f"{run.path} holds a run with other settings ({', '.join(differ)}); "

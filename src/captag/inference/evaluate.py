@@ -19,10 +19,6 @@ from captag.evaluation.speed import Timer, throughput
 from captag.files import jsonable
 from captag.inference.outputs import check_output, write_predictions, write_probabilities
 
-# the data settings that a run remembers for reading another file of the same shape
-REMEMBERED = ("image_column", "text_column", "label_column", "label_sep", "label_columns",
-              "label_columns_prefix")
-
 
 def _predictor(run_dir, engine: str, load, image_size: int | None = None):
     """`load(run_dir)` when given (e.g. `captag.deploy.load_predictor`, which also opens an
@@ -33,16 +29,16 @@ def _predictor(run_dir, engine: str, load, image_size: int | None = None):
     return Predictor(run_dir, engine, image_size=image_size)
 
 
-def read_for(predictor, path, images=None, options: DataOptions | None = None) -> Data:
+def read_for(predictor, path, images=None, options: DataOptions | None = None,
+             scored: bool = True) -> Data:
     """The data in `path`, read with the run's remembered column settings (those of `options`
-    win) and its labels checked against the run's."""
-    cfg = getattr(predictor, "cfg", None)
-    remembered = {name: getattr(cfg, name) for name in REMEMBERED if getattr(cfg, name, None)}
+    win); when it is `scored`, its labels are checked against the run's."""
     given = {k: v for k, v in vars(options or DataOptions()).items() if v}
     if images:
         given["images"] = str(images)
-    return read_data(path, DataOptions(**{**remembered, **given}, labels_if_present=True),
-                     known=predictor.labels)
+    settings = {**predictor.data_settings, **given}
+    return read_data(path, DataOptions(**settings, labels_if_present=True),
+                     known=predictor.labels if scored else None)
 
 
 def _image_dir(predictor, data: Data, records) -> Path | None:
@@ -123,7 +119,7 @@ def predict_run(run_dir, csv_path, output, images=None, batch_size: int = 32,
     `probabilities`, every label's probability instead (`load`: as in `evaluate_run`)."""
     output = check_output(output)
     predictor = _predictor(run_dir, engine, load)
-    data = read_for(predictor, csv_path, images, options)
+    data = read_for(predictor, csv_path, images, options, scored=False)
     image_dir = _image_dir(predictor, data, data.records)
     with Timer() as timer:
         probs = predictor.predict_probs(data.records, image_dir, batch_size, num_workers,
@@ -139,7 +135,6 @@ def predict_run(run_dir, csv_path, output, images=None, batch_size: int = 32,
 
 def _form(predictor, data: Data):
     """How to write the labels: as the data writes them, else as the run's training data."""
-    cfg = getattr(predictor, "cfg", None)
-    if data.labels is not None or cfg is None or data.is_comp5329:
+    if data.labels is not None or data.is_comp5329:
         return data.labels
-    return DataOptions.of(cfg).label_form()
+    return DataOptions(**predictor.data_settings).label_form()

@@ -1,14 +1,51 @@
-"""The arguments of `predict(images, captions)` checked, and one prediction as a result dict.
+"""The arguments of `predict(images, captions)` checked, rows of a table turned into those
+arguments, and one prediction as a result dict.
 
 Torch-free: shared by the run folder's `Predictor` and the exported folder's runtime.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
 
+from captag.data.sources import DataOptions, read_data, read_rows
+from captag.data.tables import EXTENSIONS
 from captag.errors import InputError
 from captag.evaluation.metrics import predict_labels
+
+
+def is_table(images, captions) -> bool:
+    """Whether `predict` was given rows rather than images and captions: a DataFrame, a list
+    of dicts, or the path of a data file or an imagefolder (with no captions)."""
+    if captions is not None:
+        return False
+    if hasattr(images, "to_dict"):
+        return True
+    if isinstance(images, (list, tuple)):
+        return bool(images) and all(isinstance(row, dict) for row in images)
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        return path.is_dir() or path.suffix.lower() in EXTENSIONS
+    return False
+
+
+def table_inputs(rows, settings: dict, options: DataOptions | None) -> tuple[list | None, list | None]:
+    """(images, captions) of every row of `rows` (see `is_table`), read with the model's own
+    data settings, those of `options` winning; None for a column the data does not have."""
+    given = {k: v for k, v in asdict(options or DataOptions()).items() if v}
+    options = DataOptions(**{**settings, **given, "labels_if_present": True})
+    if isinstance(rows, (str, os.PathLike)):
+        data = read_data(rows, options)
+    else:
+        data = read_rows(rows.to_dict("records") if hasattr(rows, "to_dict") else rows, options)
+    images = ([data.image_dir() / r.image_id for r in data.records]
+              if data.image_column else None)
+    captions = [r.caption for r in data.records] if data.text_column else None
+    return images, captions
 
 
 def is_single(images, captions) -> bool:

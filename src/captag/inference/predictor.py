@@ -23,11 +23,12 @@ from captag.config import cache_root
 from captag.data.dataset import CaptionedImages, Collate
 from captag.data.images import open_image
 from captag.data.records import Record
+from captag.data.sources import DataOptions, remembered
 from captag.data.transforms import build_transform
 from captag.errors import ConfigError, RunFolderError
 from captag.evaluation.size import file_mb, parameter_count, parameter_mb
 from captag.files import read_json
-from captag.inference.inputs import check_inputs, is_single, results
+from captag.inference.inputs import check_inputs, is_single, is_table, results, table_inputs
 from captag.models import onnx
 from captag.models.fusion import FusionModel, model_inputs, probabilities
 from captag.runs import RunFolder
@@ -107,6 +108,7 @@ class Predictor:
         use_onnx = (engine in ("auto", "onnx") and device == "cpu" and onnx.available()
                     and same_size)
         self.engine = "onnxruntime" if use_onnx else "torch"
+        self.data_settings = remembered(self.cfg)  # how its training data was read
         self._session = None
 
     @property
@@ -191,13 +193,20 @@ class Predictor:
                        desc="predict", disable=not progress)
         return probabilities(self._logits, batches)
 
-    def predict(self, images=None, captions=None, batch_size: int = 32):
-        """Labels and probabilities for one image and its caption, or for lists of them.
+    def predict(self, images=None, captions=None, batch_size: int = 32,
+                options: DataOptions | None = None):
+        """Labels and probabilities for one image and its caption, for lists of them, or for
+        every row of a table.
 
         An image is a path, the bytes of an image file, or a PIL image; a caption is a string.
         A model without an image (or text) encoder needs no images (or captions). One pair gives
         one result, lists give a list of results, each {"labels": [{"id", "name"}],
-        "probabilities": {name: p}, "threshold": t}."""
+        "probabilities": {name: p}, "threshold": t}. A pandas DataFrame, a list of dicts or the
+        path of a data file (or imagefolder), given alone, gives one result per row: its columns
+        are read as the run's training data was, or as `options` (`DataOptions`) say."""
+        if is_table(images, captions):
+            images, captions = table_inputs(images, self.data_settings, options)
+            return self.predict(images, captions, batch_size)
         single = is_single(images, captions)
         images, captions = check_inputs(images, captions, self.has_image,
                                         self.model.text is not None)

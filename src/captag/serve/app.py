@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from captag import __version__
+from captag.data.labels import LabelMap
 from captag.errors import CaptagError
 from captag.serve.batcher import MicroBatcher
 from captag.serve.model import ServedModel
@@ -55,7 +56,7 @@ def create_app(model: ServedModel, settings: Settings = Settings()) -> FastAPI:
 
     max_bytes = int(settings.max_upload_mb * 2**20)
     app = FastAPI(title="captag", version=__version__, lifespan=lifespan,
-                  description="Labels for a photo and its caption (18 COCO labels).",
+                  description=f"Labels for a photo and its caption: {label_summary(model.labels)}.",
                   form_limits={"max_part_size": max_bytes})  # captions: `_check_captions`
     app.state.model, app.state.batcher, app.state.settings = model, batcher, settings
     app.state.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="captag-decode")
@@ -134,6 +135,13 @@ async def _predict(request: Request, data: list[bytes], captions: list[str],
     images, truncated = [i for i, _ in items], [t for _, t in items]
     results = await state.batcher.submit(images, [c.strip() for c in captions])
     return [{**result, "caption_truncated": cut} for result, cut in zip(results, truncated)]
+
+
+def label_summary(labels: LabelMap, shown: int = 12) -> str:
+    """The model's labels in a few words: '18 COCO labels (person, ...)', '4 labels (...)'."""
+    kind = "COCO labels" if labels == LabelMap.default() else "labels"
+    names = ", ".join(labels.names[:shown]) + (", ..." if len(labels) > shown else "")
+    return f"{len(labels)} {kind} ({names})"
 
 
 def _check_captions(captions: list[str], names: list[str]) -> None:

@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 
 class Label(BaseModel):
-    id: int = Field(description="the label's ID (1..19 without 12)")
+    id: int | str = Field(description="the label's ID: a number for a COMP5329 model, "
+                                      "else the label itself")
     name: str
 
 

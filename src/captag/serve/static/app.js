@@ -91,6 +91,7 @@ async function loadLimits() {
   try {
     const info = await (await fetch("info")).json();
     maxUploadMb = info.limits.max_upload_mb;
+    $("label-count").textContent = `${info.labels.length}`;
     $("image-help").textContent = `Tab here and press Space to pick a file. JPEG, PNG, WebP and ` +
       `other formats, up to ${maxUploadMb} MB. The model: ${info.model.name}, ${info.labels.length} labels.`;
   } catch (error) {
