@@ -58,10 +58,14 @@ sys.exit(main(argv))
 
 
 def with_a_signal(tmp_path: Path, hook: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run the hooked `captag` as a program in a terminal's foreground runs: with Ctrl-C's
+    default action, also when these tests run as a background job (whose shell ignores SIGINT
+    for it, and so for its children)."""
     script = tmp_path / "with_a_signal.py"
     script.write_text(WITH_A_SIGNAL)
     return subprocess.run([sys.executable, str(script), hook, *argv], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def train_argv(data: Path, out: Path, cache: Path, epochs: int) -> list[str]:
