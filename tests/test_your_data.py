@@ -163,6 +163,9 @@ def test_the_python_api_predicts_the_rows_of_a_table(posters_run):
     rows_abs = [{**row, "poster": str(data.parent / row["poster"])} for row in rows]
     by_dicts = predictor.predict(rows_abs)
     assert [r["labels"] for r in by_dicts] == [r["labels"] for r in by_path]
+    pandas = pytest.importorskip("pandas")
+    by_frame = predictor.predict(pandas.DataFrame(rows_abs))
+    assert [r["labels"] for r in by_frame] == [r["labels"] for r in by_path]
     renamed = [{"photo": row["poster"], "plot": row["plot"]} for row in rows_abs]
     with pytest.raises(Exception, match="'poster' is not a column"):
         predictor.predict(renamed)
