@@ -61,6 +61,12 @@ class DataOptions:
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)
                       if getattr(settings, f.name, None) is not None})
 
+    def over(self, settings: dict) -> "DataOptions":
+        """These options over a run's remembered `settings` (the options that are set win),
+        reading labels only where the data has the columns they name."""
+        given = {k: v for k, v in vars(self).items() if v}
+        return DataOptions(**{**settings, **given, "labels_if_present": True})
+
     def label_form(self) -> LabelForm | None:
         """The label form these options name (None when they name no label column)."""
         if self.label_columns:

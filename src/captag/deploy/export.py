@@ -24,8 +24,9 @@ import yaml
 from torch import nn
 
 import captag
-from captag.data import DataOptions, read_data
+from captag.data import Data, DataOptions, read_data
 from captag.data.sources import remembered
+from captag.data.split import in_split_order
 from captag.data.images import open_image
 from captag.errors import ConfigError, DataNotFoundError, OutputError
 from captag.evaluation.size import BYTES_PER_MB, file_mb, parameter_count
@@ -91,16 +92,18 @@ def check_out(out) -> Path:
     return out
 
 
-def training_captions(run: RunFolder, cfg) -> list[str]:
-    """The captions of the run's training split, read from the run's training data."""
+def training_records(run: RunFolder, cfg) -> tuple[Data, list]:
+    """The run's training data and the records of its training split, in the split's order
+    (every record when the run keeps no split)."""
     if not Path(cfg.csv).exists():
         raise DataNotFoundError(f"{cfg.csv} (the training data named in {run.config}) is not "
                                 "there: the vocabulary is shrunk to its captions' tokens. Run "
                                 "from the folder the run was trained in, pass --data where the "
                                 "data is now, or pass --full-vocab.")
-    train_ids = set(run.load_split()[0]) if run.split.is_file() else None
-    records = read_data(cfg.csv, DataOptions.of(cfg)).records
-    return [r.caption for r in records if train_ids is None or r.key in train_ids]
+    data = read_data(cfg.csv, DataOptions.of(cfg))
+    if not run.split.is_file():
+        return data, data.records
+    return data, in_split_order(data.records, run.load_split()[0])
 
 
 def shrink_vocabulary(model: FusionModel, captions: list[str]) -> np.ndarray:
@@ -157,12 +160,9 @@ class _Calibration:
                                                     pre["mean"], pre["std"]) for p in chunk])}
 
 
-def calibration_images(run: RunFolder, cfg, count: int = CALIBRATION_IMAGES) -> list[Path]:
-    """The first `count` images of the run's training split (its CSV's image folder)."""
-    data = read_data(cfg.csv, DataOptions.of(cfg))
-    train_ids = set(run.load_split()[0]) if run.split.is_file() else None
-    paths = [r.image_id for r in data.records if train_ids is None or r.key in train_ids]
-    return [data.image_dir() / path for path in paths[:count]]
+def calibration_images(data: Data, records: list, count: int = CALIBRATION_IMAGES) -> list[Path]:
+    """The images of the first `count` training records."""
+    return [data.image_dir() / r.image_id for r in records[:count]]
 
 
 def _end_convs(path: Path) -> list[str]:
@@ -254,9 +254,11 @@ def export_run(run_dir, out, int8: bool = False, image_quant: str = DEFAULT_IMAG
     model = run.load_model()
     if data:
         cfg = cfg.update(**data)
-    captions = training_captions(run, cfg) if shrink and model.text is not None else None
-    calibration = (calibration_images(run, cfg) if int8 and model.image is not None
-                   and image_quant in ("qdq", "qoperator") else [])
+    shrunk = shrink and model.text is not None
+    calibrated = int8 and model.image is not None and image_quant in ("qdq", "qoperator")
+    data, records = training_records(run, cfg) if shrunk or calibrated else (None, [])
+    captions = [r.caption for r in records] if shrunk else None
+    calibration = calibration_images(data, records) if calibrated else []
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

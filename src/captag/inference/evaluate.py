@@ -6,6 +6,7 @@ check the data before running the model.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,10 @@ def read_for(predictor, path, images=None, options: DataOptions | None = None,
              scored: bool = True) -> Data:
     """The data in `path`, read with the run's remembered column settings (those of `options`
     win); when it is `scored`, its labels are checked against the run's."""
-    given = {k: v for k, v in vars(options or DataOptions()).items() if v}
+    options = options or DataOptions()
     if images:
-        given["images"] = str(images)
-    settings = {**predictor.data_settings, **given}
-    return read_data(path, DataOptions(**settings, labels_if_present=True),
+        options = dataclasses.replace(options, images=str(images))
+    return read_data(path, options.over(predictor.data_settings),
                      known=predictor.labels if scored else None)
 
 

@@ -7,7 +7,6 @@ Torch-free: shared by the run folder's `Predictor` and the exported folder's run
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,7 @@ def is_table(images, captions) -> bool:
 def table_inputs(rows, settings: dict, options: DataOptions | None) -> tuple[list | None, list | None]:
     """(images, captions) of every row of `rows` (see `is_table`), read with the model's own
     data settings, those of `options` winning; None for a column the data does not have."""
-    given = {k: v for k, v in asdict(options or DataOptions()).items() if v}
-    options = DataOptions(**{**settings, **given, "labels_if_present": True})
+    options = (options or DataOptions()).over(settings)
     if isinstance(rows, (str, os.PathLike)):
         data = read_data(rows, options)
     else:

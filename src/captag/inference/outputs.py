@@ -44,13 +44,12 @@ def write_predictions(path, data: Data, predicted: np.ndarray, labels: LabelMap,
     if data.is_comp5329:
         write_submission(path, [r.image_id for r in data.records], predicted, labels)
         return
-    form = form if form is not None and form.kind != "comp5329" else DEFAULT_FORM
-    key = _key_column(data)
+    form, key, jsonl = form or DEFAULT_FORM, _key_column(data), _is_jsonl(path)
     rows = []
     for record, row in zip(data.records, predicted):
         chosen = [str(label) for label in labels.decode(row)]
-        rows.append({key: _key(data, record), **_labels(chosen, form, _is_jsonl(path))})
-    if _is_jsonl(path):
+        rows.append({key: _key(data, record), **_labels(chosen, form, jsonl)})
+    if jsonl:
         write_text(check_output(path), "".join(json.dumps(row, ensure_ascii=False) + "\n"
                                                for row in rows))
     else:
