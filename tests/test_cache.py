@@ -2,15 +2,35 @@
 
 import multiprocessing as mp
 
+import numpy as np
 import torch
 
 from captag.training.cache import FeatureCache
 
 
+def filled(name: str, values):
+    """A `compute` that writes `values` as the entry's array `name`."""
+    values = np.asarray(values)
+
+    def compute(entry):
+        entry.array(name, values.shape, values.dtype)[:] = values
+    return compute
+
+
+def mapped_file(tensor: torch.Tensor) -> str:
+    """The file whose memory map holds `tensor`'s data ("" if none)."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        parts = line.split(maxsplit=5)
+        low, high = (int(a, 16) for a in parts[0].split("-"))
+        if low <= address < high:
+            return parts[5].strip() if len(parts) > 5 else ""
+    return ""
+
+
 def _fill(root, queue):
     cache = FeatureCache(root)
-    out = cache.get_or_compute({"kind": "t", "name": "x"}, ["a", "b"],
-                               lambda: {"v": torch.arange(4.0)})
+    out = cache.get_or_compute({"kind": "t", "name": "x"}, ["a", "b"], filled("v", np.arange(4.0)))
     queue.put((cache.hits, cache.misses, out["v"].tolist()))
 
 
@@ -18,23 +38,24 @@ def test_hit_after_miss(tmp_path):
     cache = FeatureCache(tmp_path)
     calls = []
 
-    def compute():
+    def compute(entry):
         calls.append(1)
-        return {"v": torch.ones(3, 2)}
+        entry.array("v", (3, 2), np.float16)[:] = 1
     spec = {"kind": "image", "name": "enc", "cut": 3}
     first = cache.get_or_compute(spec, ["h1", "h2", "h3"], compute)
     second = cache.get_or_compute(spec, ["h1", "h2", "h3"], compute)
     assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert torch.equal(first["v"], torch.ones(3, 2, dtype=torch.float16))
     assert torch.equal(first["v"], second["v"])
 
 
 def test_any_change_invalidates(tmp_path):
     cache = FeatureCache(tmp_path)
     spec = {"kind": "image", "name": "enc", "cut": 3, "weights": "w1"}
-    cache.get_or_compute(spec, ["h1", "h2"], lambda: {"v": torch.zeros(2)})
-    cache.get_or_compute(spec, ["h1", "h2-changed"], lambda: {"v": torch.zeros(2)})
-    cache.get_or_compute({**spec, "weights": "w2"}, ["h1", "h2"], lambda: {"v": torch.zeros(2)})
-    cache.get_or_compute({**spec, "cut": 4}, ["h1", "h2"], lambda: {"v": torch.zeros(2)})
+    cache.get_or_compute(spec, ["h1", "h2"], filled("v", np.zeros(2)))
+    cache.get_or_compute(spec, ["h1", "h2-changed"], filled("v", np.zeros(2)))
+    cache.get_or_compute({**spec, "weights": "w2"}, ["h1", "h2"], filled("v", np.zeros(2)))
+    cache.get_or_compute({**spec, "cut": 4}, ["h1", "h2"], filled("v", np.zeros(2)))
     assert (cache.hits, cache.misses) == (0, 4)
 
 
@@ -69,3 +90,42 @@ def test_images_are_keyed_by_content_not_by_name(tmp_path):
     cache = FeatureCache(tmp_path / "cache")
     spec = {"kind": "image", "name": "enc"}
     assert cache.key(spec, [a]) != cache.key(spec, [b])
+
+
+def test_the_feature_pass_streams_into_memory_maps_equal_to_each_row_alone(tmp_path):
+    """Activations of 40 rows, written batch by batch into the entry's arrays and read back as
+    memory maps, equal each row's own activations (text: its token states, zero beyond its
+    length, with its mask)."""
+    from conftest import MINI, frozen_config
+    from captag.data import read_records
+    from captag.models.registry import model_from_config
+    from captag.training.features import image_activations, text_activations
+    records = read_records(MINI)[:40]
+    cfg = frozen_config(tmp_path, image_size=64, image_trainable=2, text_trainable=2)
+    model = model_from_config(cfg).eval()
+    cache = FeatureCache(tmp_path)
+    images = image_activations(model, records, MINI.parent / "data", 64, cache, batch_size=16,
+                               num_workers=0, progress=False)
+    text = text_activations(model, [r.caption for r in records], cache, batch_size=16,
+                            progress=False)
+    for tensor in (images, *text.values()):
+        assert mapped_file(tensor).endswith(".npy")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    from captag.data.dataset import CaptionedImages
+    from captag.data.transforms import build_transform
+    encoder = model.image
+    transform = build_transform(64, encoder.mean, encoder.std, train=False)
+    one = CaptionedImages(records, MINI.parent / "data", transform)[7]["image"][None]
+    with torch.inference_mode():
+        expected = encoder.lower(one, model.image_cut).to(torch.float16)[0]
+    assert torch.allclose(images[7].float(), expected.float(), atol=2e-2)
+
+    caption = records[7].caption
+    tokens = model.text.tokenize([caption])
+    n = int(tokens["attention_mask"].sum())
+    with torch.inference_mode():
+        states = model.text.lower(tokens["input_ids"], tokens["attention_mask"], model.text_cut)
+    assert torch.allclose(text["text_states"][7, :n].float(), states[0].half().float(), atol=1e-2)
+    assert not text["text_states"][7, n:].any()
+    assert text["attention_mask"][7].tolist() == [1] * n + [0] * (text["attention_mask"].shape[1] - n)

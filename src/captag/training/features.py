@@ -2,7 +2,8 @@
 
 Image activations come from ONNX Runtime when it is installed (about 2x faster than eager
 PyTorch on a CPU), else from PyTorch. Text activations are token states (or pooled vectors
-when the whole text encoder is frozen), padded to the longest caption.
+when the whole text encoder is frozen), padded to the longest caption. Each batch goes into the
+cache entry's arrays on disk as soon as it is made (see `training.cache`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -23,7 +25,7 @@ from captag.data.images import file_state
 from captag.data.records import Record
 from captag.data.transforms import build_transform, describe
 from captag.models.fusion import FusionModel, encoder_stages
-from captag.training.cache import FeatureCache, digest
+from captag.training.cache import Entry, FeatureCache, digest
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"
@@ -90,7 +92,7 @@ def image_activations(model: FusionModel, records: Sequence[Record], image_dir: 
             "transform": describe(transform)}
     paths = [Path(image_dir) / r.image_id for r in records]
 
-    def compute() -> dict[str, torch.Tensor]:
+    def compute(entry: Entry) -> None:
         data = CaptionedImages(records, image_dir, transform)
         loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers,
                             collate_fn=lambda items: torch.stack([i["image"] for i in items]))
@@ -98,11 +100,14 @@ def image_activations(model: FusionModel, records: Sequence[Record], image_dir: 
         example = torch.zeros(2, 3, image_size, image_size)
         onnx_path = cache.root / "onnx" / f"{digest(str(sorted(spec.items())))[:32]}.onnx"
         run = _image_runner(lower, example, onnx_path, engine)
-        outputs = []
+        out, done = None, 0
         with torch.inference_mode():
             for images in tqdm(loader, desc=f"image features ({encoder.name})", disable=not progress):
-                outputs.append(run(images).to(torch.float16))
-        return {"image": torch.cat(outputs)}
+                batch = run(images).to(torch.float16).numpy()
+                if out is None:
+                    out = entry.array("image", (len(records), *batch.shape[1:]), np.float16)
+                out[done:done + len(batch)] = batch
+                done += len(batch)
 
     return cache.get_or_compute(spec, file_hashes(paths), compute)["image"]
 
@@ -118,36 +123,29 @@ def text_activations(model: FusionModel, captions: Sequence[str], cache: Feature
             "weights": weights_fingerprint(encoder_stages(encoder)[:cut])}
     hashes = [hashlib.sha1(c.encode()).hexdigest() for c in captions]
 
-    def compute() -> dict[str, torch.Tensor]:
-        order = sorted(range(len(captions)), key=lambda i: len(captions[i]))
-        states, masks = [None] * len(captions), [None] * len(captions)
+    def compute(entry: Entry) -> None:
+        tokens = encoder.tokenize(list(captions))
+        lengths = tokens["attention_mask"].sum(1)
+        order = torch.tensor(sorted(range(len(captions)), key=lambda i: len(captions[i])))
+        rows_shape = (len(captions),) if pooled else tokens["input_ids"].shape
+        states = entry.array("text", (*rows_shape, encoder.feature_dim), np.float16)
+        if not pooled:
+            masks = entry.array("text_mask", rows_shape, np.uint8)
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), batch_size), disable=not progress,
                               desc=f"text features ({encoder.name})"):
                 rows = order[start:start + batch_size]
-                tokens = encoder.tokenize([captions[i] for i in rows])
+                n = int(lengths[rows].max())
+                ids, mask = tokens["input_ids"][rows, :n], tokens["attention_mask"][rows, :n]
                 if pooled:
-                    out = encoder(tokens["input_ids"], tokens["attention_mask"])
-                else:
-                    out = encoder.lower(tokens["input_ids"], tokens["attention_mask"], cut)
-                for j, i in enumerate(rows):
-                    states[i], masks[i] = out[j], tokens["attention_mask"][j]
-        if pooled:
-            return {"text": torch.stack(states).to(torch.float16)}
-        return _pad_states(states, masks)
+                    states[rows.numpy()] = encoder(ids, mask).to(torch.float16).numpy()
+                    continue
+                out = encoder.lower(ids, mask, cut)
+                out = torch.where(mask[..., None].bool(), out, 0.0).to(torch.float16)
+                states[rows.numpy(), :n] = out.numpy()
+                masks[rows.numpy(), :n] = mask.numpy()
 
     stored = cache.get_or_compute(spec, hashes, compute)
     names = {"text": "text_states", "text_mask": "attention_mask"}
     return {names[key]: tensor for key, tensor in stored.items()}
 
-
-def _pad_states(states: list[torch.Tensor], masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    length = max(int(m.sum()) for m in masks)
-    dim = states[0].shape[-1]
-    hidden = torch.zeros(len(states), length, dim, dtype=torch.float16)
-    mask = torch.zeros(len(states), length, dtype=torch.uint8)
-    for i, (state, m) in enumerate(zip(states, masks)):
-        n = int(m.sum())
-        hidden[i, :n] = state[:n].to(torch.float16)
-        mask[i, :n] = 1
-    return {"text": hidden, "text_mask": mask}
