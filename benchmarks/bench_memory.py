@@ -6,7 +6,7 @@
 
 train     `captag train --data train.csv` with the defaults and a cold feature cache
           (target: peak <= 3 GiB, validation samples-F1 and train time as before)
-predict   `captag predict RUN` of 2,000 rows of test.csv, from the run folder
+predict   `captag predict RUN` of 2,000 rows of train.csv (without labels), from the run folder
 int8      the same from the run's `captag export --int8` folder (target <= 1 GiB)
 serve     `captag serve` of the int8 export under load (benchmarks/load_test.py: 500 requests,
           32 at once)
@@ -109,10 +109,11 @@ def job_train(data: Path, work: Path, env: dict, options: list[str]) -> dict:
 
 
 def test_rows(data: Path, work: Path, n: int = 2000) -> Path:
-    """The first `n` rows of test.csv, written as standard CSV."""
+    """The last `n` rows of train.csv without their labels, written as standard CSV (test.csv
+    comes with only some of its images)."""
     from captag.data import read_data
-    rows = read_data(data / "test.csv").records[:n]
-    path = work / f"test-{n}.csv"
+    rows = read_data(data / "train.csv").records[-n:]
+    path = work / f"rows-{n}.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageID", "Caption"])

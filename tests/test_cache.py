@@ -94,8 +94,8 @@ def test_images_are_keyed_by_content_not_by_name(tmp_path):
 
 def test_the_feature_pass_streams_into_memory_maps_equal_to_each_row_alone(tmp_path):
     """Activations of 40 rows, written batch by batch into the entry's arrays and read back as
-    memory maps, equal each row's own activations (text: its token states, zero beyond its
-    length, with its mask)."""
+    memory maps, equal each row's own activations (text: its token states, stored without
+    padding and padded with zeros to the longest of a batch, with their mask)."""
     from conftest import MINI, frozen_config
     from captag.data import read_records
     from captag.models.registry import model_from_config
@@ -108,7 +108,8 @@ def test_the_feature_pass_streams_into_memory_maps_equal_to_each_row_alone(tmp_p
                                num_workers=0, progress=False)
     text = text_activations(model, [r.caption for r in records], cache, batch_size=16,
                             progress=False)
-    for tensor in (images, *text.values()):
+    states = text["text_states"]
+    for tensor in (images, states.flat, states.offsets):
         assert mapped_file(tensor).endswith(".npy")
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -125,7 +126,18 @@ def test_the_feature_pass_streams_into_memory_maps_equal_to_each_row_alone(tmp_p
     tokens = model.text.tokenize([caption])
     n = int(tokens["attention_mask"].sum())
     with torch.inference_mode():
-        states = model.text.lower(tokens["input_ids"], tokens["attention_mask"], model.text_cut)
-    assert torch.allclose(text["text_states"][7, :n].float(), states[0].half().float(), atol=1e-2)
-    assert not text["text_states"][7, n:].any()
-    assert text["attention_mask"][7].tolist() == [1] * n + [0] * (text["attention_mask"].shape[1] - n)
+        expected = model.text.lower(tokens["input_ids"], tokens["attention_mask"], model.text_cut)
+    assert torch.allclose(states[7]["text_states"].float(), expected[0].half().float(), atol=1e-2)
+    batch = states[torch.tensor([3, 7, 12])]
+    longest = int(batch["attention_mask"].sum(1).max())
+    assert batch["text_states"].shape[:2] == (3, longest) and longest >= n
+    assert torch.equal(batch["text_states"][1, :n], states[7]["text_states"])
+    assert not batch["text_states"][1, n:].any()
+    assert batch["attention_mask"][1].tolist() == [1] * n + [0] * (longest - n)
+
+    from captag.data.dataset import CachedFeatures, Collate
+    rows = CachedFeatures({"text_states": states})
+    by_item = Collate()([rows[i] for i in (3, 7, 12)])
+    by_column = Collate()(rows.columns([3, 7, 12]))
+    for key in ("text_states", "attention_mask", "index"):
+        assert torch.equal(by_item[key], by_column[key]), key

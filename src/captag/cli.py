@@ -16,7 +16,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from captag.config import RunConfig, field_type, suggest
+from captag.config import PREDICT_BATCH_SIZE, RunConfig, field_type, suggest
 from captag.errors import CaptagError, ConfigError, TrainingInterrupted
 
 DEFAULT_CSV = "../shared/datasets/comp5329/mini.csv"
@@ -389,7 +389,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="the data: a file or an imagefolder, read as the run's training data "
                         "was (its columns and label form), unless the options below say otherwise")
     add_config_options(p, only=DATA_SETTINGS, title="data options")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto")
 

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from captag.data.images import load_image
@@ -40,10 +41,37 @@ class CaptionedImages(Dataset):
         return item
 
 
-class CachedFeatures(Dataset):
-    """One item per row of precomputed tensors (encoder activations) with its target."""
+class TokenStates:
+    """Token states of rows of different lengths, stored flat without padding: row i is
+    `flat[offsets[i]:offsets[i + 1]]`. Indexing gives `text_states` padded with zeros to the
+    longest of the rows asked for, with their `attention_mask`."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], targets: np.ndarray | None = None):
+    def __init__(self, flat: torch.Tensor, offsets: torch.Tensor):
+        self.flat, self.offsets = flat, offsets.long()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        if isinstance(index, int):
+            start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+            return {"text_states": self.flat[start:end],
+                    "attention_mask": torch.ones(end - start, dtype=torch.long)}
+        starts = self.offsets[index]
+        lengths = self.offsets[index + 1] - starts
+        steps = torch.arange(int(lengths.max()))
+        mask = steps < lengths[:, None]
+        rows = self.flat[torch.where(mask, starts[:, None] + steps, 0)]
+        return {"text_states": torch.where(mask[..., None], rows, 0),
+                "attention_mask": mask.long()}
+
+
+class CachedFeatures(Dataset):
+    """One item per row of precomputed tensors (encoder activations, or `TokenStates`) with
+    its target."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor | TokenStates],
+                 targets: np.ndarray | None = None):
         self.tensors = tensors
         self.length = len(next(iter(tensors.values())))
         self.targets = None if targets is None else torch.as_tensor(targets, dtype=torch.float32)
@@ -52,7 +80,7 @@ class CachedFeatures(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        item = {name: tensor[index] for name, tensor in self.tensors.items()}
+        item = self._take(index)
         item["index"] = index
         if self.targets is not None:
             item["target"] = self.targets[index]
@@ -61,19 +89,34 @@ class CachedFeatures(Dataset):
     def columns(self, indices: Sequence[int]) -> dict:
         """The items at `indices` as one batch: each tensor indexed at once."""
         index = torch.as_tensor(indices)
-        columns = {name: tensor[index] for name, tensor in self.tensors.items()}
+        columns = self._take(index)
         columns["index"] = index
         if self.targets is not None:
             columns["target"] = self.targets[index]
         return columns
 
+    def _take(self, index) -> dict:
+        taken = {}
+        for name, tensor in self.tensors.items():
+            if isinstance(tensor, TokenStates):
+                taken.update(tensor[index])
+            else:
+                taken[name] = tensor[index]
+        return taken
+
 
 def stack_items(items: list[dict]) -> dict:
-    """Items to columns: tensors stacked, other values listed."""
+    """Items to columns: tensors stacked (rows of token states padded with zeros to the
+    longest), other values listed."""
     columns = {}
     for key, first in items[0].items():
         values = [item[key] for item in items]
-        columns[key] = torch.stack(values) if isinstance(first, torch.Tensor) else values
+        if not isinstance(first, torch.Tensor):
+            columns[key] = values
+        elif first.dim() and len({v.shape for v in values}) > 1:
+            columns[key] = pad_sequence(values, batch_first=True)
+        else:
+            columns[key] = torch.stack(values)
     return columns
 
 

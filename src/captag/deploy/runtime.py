@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 from tokenizers import Tokenizer
 
+from captag.config import PREDICT_BATCH_SIZE
 from captag.data.images import open_image
 from captag.data.labels import LabelMap
 from captag.data.split import load_split
@@ -192,7 +193,7 @@ class ExportedPredictor:
         probs = np.concatenate([self._probs(batch) for batch in batches])
         return probs[np.argsort(order)]
 
-    def predict_probs(self, records, image_dir, batch_size: int = 32,
+    def predict_probs(self, records, image_dir, batch_size: int = PREDICT_BATCH_SIZE,
                       num_workers: int | None = None, progress: bool = True) -> np.ndarray:
         """Probabilities [rows, labels] for records (image ID and caption) in `image_dir`."""
         folder = Path(image_dir or ".")
@@ -203,7 +204,7 @@ class ExportedPredictor:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return self._run(sources, names, captions, batch_size, num_workers, progress)
 
-    def predict(self, images=None, captions=None, batch_size: int = 32,
+    def predict(self, images=None, captions=None, batch_size: int = PREDICT_BATCH_SIZE,
                 options: DataOptions | None = None):
         """Labels and probabilities for one image and its caption, for lists of them, or for
         the rows of a DataFrame, a list of dicts or a data file (see

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from captag.config import PREDICT_BATCH_SIZE
 from captag.data import Data, DataOptions, read_data, screen_images
 from captag.data.sources import require_labelled
 from captag.errors import RunFolderError
@@ -67,7 +68,7 @@ def _only_split(records, wanted: set[str], split: str):
     return chosen
 
 
-def evaluate_run(run_dir, csv_path, images=None, batch_size: int = 32, num_workers: int = 1,
+def evaluate_run(run_dir, csv_path, images=None, batch_size: int = PREDICT_BATCH_SIZE, num_workers: int = 1,
                  engine: str = "auto", progress: bool = True, split: str | None = None,
                  load=None, image_size: int | None = None,
                  options: DataOptions | None = None) -> dict:
@@ -110,7 +111,7 @@ def _scores(predictor, records, probs: np.ndarray) -> dict:
     }
 
 
-def predict_run(run_dir, csv_path, output, images=None, batch_size: int = 32,
+def predict_run(run_dir, csv_path, output, images=None, batch_size: int = PREDICT_BATCH_SIZE,
                 num_workers: int = 1, engine: str = "auto", progress: bool = True,
                 load=None, options: DataOptions | None = None,
                 probabilities: bool = False) -> dict:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: it iterates a DataLoader twice (two sets of workers)
 
 import captag
-from captag.config import cache_root
+from captag.config import PREDICT_BATCH_SIZE, cache_root
 from captag.data.dataset import CaptionedImages, Collate
 from captag.data.images import open_image
 from captag.data.records import Record
@@ -186,14 +186,15 @@ class Predictor:
         return self.model(**{k: v.to(self.device) for k, v in model_inputs(batch).items()}).cpu()
 
     def predict_probs(self, records: Sequence[Record], image_dir: str | Path | None,
-                      batch_size: int = 32, num_workers: int = 1, progress: bool = True) -> np.ndarray:
+                      batch_size: int = PREDICT_BATCH_SIZE, num_workers: int = 1,
+                      progress: bool = True) -> np.ndarray:
         if self.engine == "onnxruntime":
             self._onnx_session()  # export (once) outside inference mode
         batches = tqdm(self._loader(records, image_dir, batch_size, num_workers),
                        desc="predict", disable=not progress)
         return probabilities(self._logits, batches)
 
-    def predict(self, images=None, captions=None, batch_size: int = 32,
+    def predict(self, images=None, captions=None, batch_size: int = PREDICT_BATCH_SIZE,
                 options: DataOptions | None = None):
         """Labels and probabilities for one image and its caption, for lists of them, or for
         every row of a table.
