@@ -14,13 +14,16 @@ features  the feature pass alone (image and text activations into a cold cache) 
           train.csv repeated under new file names (symlinks), for each count of --feature-rows
           (target: the peak at 50,000 rows within 10% of the peak at 18,000)
 
-Every job runs as a child process; a thread samples its memory every 0.1 s: "peak" is the sum
-of the proportional set sizes (PSS) of the child and all its descendants at the worst moment
-(pages they share, such as the libraries of data-loader workers, count once), "main" is the
-peak resident set (RSS) of the child alone. Later jobs use the train job's run folder (it is trained first when missing). Options it
-does not know go to `captag train` and to the feature pass (e.g. --image-size 64 for a smoke
-run, whose results go to WORK/memory.json). Prints a markdown table and writes
-benchmarks/results/memory.json.
+Every job runs as a child process, and a thread samples its memory: "main" is the peak resident
+set (RSS) of the child alone, sampled every 0.1 s; "peak" is the sum of the proportional set
+sizes (PSS) of the child and all its descendants at the worst moment (pages they share, such
+as the libraries of data-loader workers, count once), sampled every 3 s (reading a large
+process's PSS takes the kernel long enough to slow the job if done often). Later jobs use the
+train job's run folder (it is trained first when missing). Options it does not know go to
+`captag train` and to the feature pass (e.g. --image-size 64 for a smoke run, whose results go
+to WORK/memory.json). Prints a markdown table and writes
+benchmarks/results/memory.json, where the jobs of this run replace the same jobs of an earlier
+one and the others stay, each with the command that measured it.
 """
 
 from __future__ import annotations
@@ -46,22 +49,26 @@ GIB = 1024 ** 3
 
 
 class Peak(threading.Thread):
-    """The peak memory of a process with its descendants (the sum of their proportional set
-    sizes, so that pages they share count once), and the peak RSS of the process alone."""
+    """The peak RSS of a process alone, sampled every `every_s`, and the peak memory of the
+    process with its descendants (the sum of their proportional set sizes, so that pages they
+    share count once), sampled every `pss_every` samples: reading a large process's PSS takes
+    the kernel tens of milliseconds, which sampled often would slow the job measured."""
 
-    def __init__(self, pid: int, every_s: float = 0.1):
+    def __init__(self, pid: int, every_s: float = 0.1, pss_every: int = 30):
         super().__init__(daemon=True)
-        self.process, self.every_s = psutil.Process(pid), every_s
-        self.total = self.main = 0
+        self.process, self.every_s, self.pss_every = psutil.Process(pid), every_s, pss_every
+        self.total = self.main = self.samples = 0
         self.stop = threading.Event()
 
     def sample(self) -> None:
         try:
-            main = self.process.memory_info().rss
-            tree = [self.process, *self.process.children(recursive=True)]
+            self.main = max(self.main, self.process.memory_info().rss)
+            if self.samples % self.pss_every == 0:
+                tree = [self.process, *self.process.children(recursive=True)]
+                self.total = max(self.total, sum(map(_pss, tree)))
         except psutil.NoSuchProcess:
             return
-        self.main, self.total = max(self.main, main), max(self.total, sum(map(_pss, tree)))
+        self.samples += 1
 
     def run(self) -> None:
         while not self.stop.wait(self.every_s):
@@ -224,14 +231,26 @@ def main() -> None:
         print(f"{job} ...", flush=True)
         rows += run_job(job, args, work, env, options)
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    result = {"jobs": rows, "train_options": options, "command": " ".join(
-                  ["python", "benchmarks/bench_memory.py", *sys.argv[1:]]),
+    command = " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]])
+    for row in rows:
+        row.update(command=command, date=time.strftime("%Y-%m-%d"))
+    out = args.out or (work / "memory.json" if options else HERE / "results" / "memory.json")
+    rows = merged(out, rows)
+    result = {"jobs": rows, "train_options": options,
               "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
                           "platform": platform.platform(), "python": platform.python_version()}}
-    out = args.out or (work / "memory.json" if options else HERE / "results" / "memory.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("\n" + table(rows) + f"\n\nwritten {out}")
+
+
+def merged(out: Path, rows: list[dict]) -> list[dict]:
+    """The rows of `out` (an earlier run's results) that this run did not measure, then this
+    run's rows: each row keeps the command that measured it."""
+    if not out.exists():
+        return rows
+    done = {row["job"] for row in rows}
+    return [row for row in json.loads(out.read_text())["jobs"] if row["job"] not in done] + rows
 
 
 def run_job(job: str, args, work: Path, env: dict, options: list[str]) -> list[dict]:
