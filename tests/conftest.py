@@ -1,6 +1,7 @@
 """Shared pytest fixtures: the real data, a feature cache, a small trained run, headless
 Chromium, and a model folder served over HTTP."""
 
+import os
 import shutil
 import threading
 import time
@@ -11,6 +12,8 @@ import pytest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "comp5329"
 MINI = DATA / "mini.csv"
+# tests compare probabilities with ONNX Runtime fp32's; test_engines chooses runtimes itself
+os.environ.setdefault("CAPTAG_RUNTIME", "onnxruntime")
 
 
 def small_csv(path: Path, rows: int, source: Path = MINI) -> Path:

@@ -3,9 +3,10 @@
 import multiprocessing as mp
 
 import numpy as np
+import pytest
 import torch
 
-from captag.training.cache import FeatureCache
+from captag.training.cache import ArrayFile, FeatureCache
 
 
 def filled(name: str, values):
@@ -141,3 +142,18 @@ def test_the_feature_pass_streams_into_memory_maps_equal_to_each_row_alone(tmp_p
     by_column = Collate()(rows.columns([3, 7, 12]))
     for key in ("text_states", "attention_mask", "index"):
         assert torch.equal(by_item[key], by_column[key]), key
+
+
+def test_arrays_are_written_by_rows_through_the_file(tmp_path):
+    path = tmp_path / "a.npy"
+    array = ArrayFile(path, (5, 2, 3), np.float16)
+    rows = np.arange(30, dtype=np.float32).reshape(5, 2, 3)
+    array[3:5] = rows[3:5]  # any order; rows never written stay zero
+    array[[1, 0]] = rows[[1, 0]]
+    with pytest.raises(ValueError, match="contiguous rows"):
+        array[0:4:2] = rows[0:4:2]
+    array.close()
+    expected = rows.astype(np.float16)
+    expected[2] = 0
+    assert np.array_equal(np.load(path), expected) and len(array) == 5
+    assert str(path) not in open("/proc/self/maps").read()  # written, not mapped

@@ -16,7 +16,8 @@ import traceback
 import warnings
 from pathlib import Path
 
-from captag.config import PREDICT_BATCH_SIZE, RunConfig, field_type, suggest
+from captag.config import (GRAPH_PRECISIONS, PREDICT_BATCH_SIZE, RUNTIMES, RunConfig, field_type,
+                           suggest)
 from captag.errors import CaptagError, ConfigError, TrainingInterrupted
 
 DEFAULT_CSV = "../shared/datasets/comp5329/mini.csv"
@@ -160,12 +161,13 @@ def _loader(args):
     from captag.deploy import is_export, load_predictor
 
     def load(path, image_size=None):
+        runtimes = {"runtime": args.runtime, "precision": args.precision}
         if not is_export(path):
-            return load_predictor(path, engine=args.engine, image_size=image_size)
+            return load_predictor(path, engine=args.engine, image_size=image_size, **runtimes)
         if image_size:
             raise ConfigError(f"--image-size is for run folders: the exported model in {path} "
                               "has a fixed image side.")
-        return load_predictor(path)
+        return load_predictor(path, **runtimes)
     return load
 
 
@@ -320,7 +322,7 @@ def cmd_serve(args) -> int:
     from captag.serve.server import serve
     return serve(args.folder, args.host, args.port,
                  Settings(args.max_upload_mb, args.max_batch_wait_ms, args.max_batch_size),
-                 verbose=args.verbose)
+                 verbose=args.verbose, runtime=args.runtime, precision=args.precision)
 
 
 def _add_serve_command(sub) -> None:
@@ -336,6 +338,7 @@ def _add_serve_command(sub) -> None:
                    help="how long a request may wait for others to share its batch (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=16,
                    help="most items in one model call (default: %(default)s)")
+    _add_runtime_options(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -392,6 +395,17 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto")
+    _add_runtime_options(p)
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=RUNTIMES,
+                   help="what runs the ONNX graphs (default: $CAPTAG_RUNTIME, else auto: the "
+                        "fastest on this machine within tolerance of ONNX Runtime fp32, timed "
+                        "once and remembered; openvino: pip install 'captag[openvino]')")
+    p.add_argument("--precision", choices=GRAPH_PRECISIONS,
+                   help="the graphs' precision (default: $CAPTAG_PRECISION, else auto; bf16: "
+                        "OpenVINO, on a CPU with avx512_bf16 or AMX)")
 
 
 def _add_train_command(sub) -> None:

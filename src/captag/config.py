@@ -34,6 +34,8 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 DATA_FORMATS = ("comp5329", "csv", "tsv", "jsonl", "parquet", "imagefolder")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+RUNTIMES = ("auto", "onnxruntime", "openvino")  # what runs an ONNX graph (captag.models.engines)
+GRAPH_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cache_root() -> Path:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import onnxruntime as ort
 import yaml
 from PIL import Image
 from tokenizers import Tokenizer
@@ -29,6 +28,7 @@ from captag.errors import RunFolderError
 from captag.evaluation.metrics import load_thresholds
 from captag.files import read_json
 from captag.data.sources import DataOptions
+from captag.models.engines import Runtimes
 from captag.inference.inputs import check_inputs, is_single, is_table, results, table_inputs
 
 FORMAT = "captag-export"
@@ -82,32 +82,23 @@ def default_threads() -> tuple[int, int]:
     return max(cores or 1, 1), max(min((cores or 1) // 2, 4), 1)
 
 
-def session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with `threads` intra-op threads."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # cores free for decoding
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 class ExportedPredictor:
     """Label probabilities from an exported folder, with the interface of the run folder's
     `Predictor`: `load`, `predict`, `predict_probs`, `labels`, `threshold`, `info()`."""
 
-    engine = "onnxruntime"
-
     @classmethod
     def load(cls, path, threads: int | None = None, decode_threads: int | None = None,
-             fast_decode: bool = False) -> "ExportedPredictor":
-        """`threads`: ONNX Runtime's intra-op threads, `decode_threads`: threads preparing the
+             fast_decode: bool = False, runtime: str | None = None,
+             precision: str | None = None) -> "ExportedPredictor":
+        """`threads`: the runtime's intra-op threads, `decode_threads`: threads preparing the
         next batches (defaults: by the cores); `fast_decode`: decode JPEGs at a reduced scale
-        (at least the model's image size; faster, probabilities differ slightly)."""
-        return cls(path, threads, decode_threads, fast_decode)
+        (at least the model's image size; faster, probabilities differ slightly); `runtime`
+        and `precision`: how the graphs run (`captag.models.engines`; auto: the fastest on
+        this machine within tolerance of fp32)."""
+        return cls(path, threads, decode_threads, fast_decode, runtime, precision)
 
     def __init__(self, path, threads: int | None = None, decode_threads: int | None = None,
-                 fast_decode: bool = False):
+                 fast_decode: bool = False, runtime: str | None = None, precision: str | None = None):
         self.path = Path(path)
         self.fast_decode = fast_decode
         self.spec = read_spec(self.path)
@@ -118,9 +109,10 @@ class ExportedPredictor:
         self.data_settings = dict(self.spec.get("data") or {})  # how its training data was read
         cores_threads, cores_decode = default_threads()
         self.threads, self.decode_threads = threads or cores_threads, decode_threads or cores_decode
-        self.sessions = {part: session(self.path / name, self.threads)
-                         for part, name in self.spec["graphs"].items()}
-        self.has_image, self.has_text = "image" in self.sessions, "text" in self.sessions
+        graphs = self.spec["graphs"]
+        self.graphs = Runtimes({part: self.path / name for part, name in graphs.items()},
+                               runtime, precision, self.threads, spin=False)
+        self.has_image, self.has_text = "image" in graphs, "text" in graphs
         self.tokenizer = self.token_map = None
         if self.has_text:
             self.tokenizer = load_tokenizer(self.path / pre["tokenizer"], pre["max_length"],
@@ -152,14 +144,19 @@ class ExportedPredictor:
             batch["input_ids"], batch["attention_mask"] = self._tokens(captions)
         return batch
 
-    def _probs(self, batch: dict) -> np.ndarray:
+    def _probs(self, batch: dict, graphs=None) -> np.ndarray:
+        """Probabilities of one batch, its graphs run by `graphs` (default: the chosen ways,
+        chosen on this batch when that is pending)."""
+        if graphs is None and not self.graphs.ready:
+            self.graphs.choose(lambda runners: self._probs(batch, runners))
+        graphs = graphs or self.graphs
         parts = {}
         if self.has_image:
-            parts["image_features"] = self.sessions["image"].run(None, {"image": batch["image"]})[0]
+            parts["image_features"] = graphs["image"]({"image": batch["image"]})
         if self.has_text:
             feeds = {k: batch[k] for k in ("input_ids", "attention_mask")}
-            parts["text_features"] = self.sessions["text"].run(None, feeds)[0]
-        logits = self.sessions["head"].run(None, parts)[0]
+            parts["text_features"] = graphs["text"](feeds)
+        logits = graphs["head"](parts)
         return 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
 
     # --- the pipeline ----------------------------------------------------------------------
@@ -233,13 +230,19 @@ class ExportedPredictor:
                                  "--split cannot be used; evaluate without it.")
         return load_split(path)
 
+    @property
+    def engine(self) -> str:
+        """The runtime of the first graph (image, else text): onnxruntime or openvino ("auto"
+        until its first batch has chosen)."""
+        return next(iter(self.graphs.describe().values())).split()[0]
+
     def info(self) -> dict:
         """What the model is: labels, thresholds, sizes and where it comes from (the keys of
         the run folder's `Predictor.info`)."""
         spec, sizes = self.spec, self.spec["sizes"]
         return {
             "format": f"{FORMAT}/{spec['format_version']}", "path": str(self.path),
-            "model": {**spec["model"], "engine": self.engine,
+            "model": {**spec["model"], "engine": self.engine, "runtimes": self.graphs.describe(),
                       "int8": spec["provenance"]["int8"], "graphs": spec["graphs"],
                       "inputs": spec["inputs"]},
             "labels": self.labels.as_list(), "threshold": self.threshold,

@@ -103,7 +103,8 @@ def _scores(predictor, records, probs: np.ndarray) -> dict:
     return {
         **metrics, "n_samples": len(records), "threshold": threshold,
         "f1_samples_at_0.5": compute_metrics(targets, probs, 0.5, at_least_one)["f1_samples"],
-        "engine": info["model"]["engine"], "image_size": sizes["image_size"],
+        "engine": info["model"]["engine"], "runtimes": info["model"].get("runtimes"),
+        "image_size": sizes["image_size"],
         "model_mb": sizes["model_mb"],
         "parameter_mb_fp32": sizes["parameter_mb_fp32"], "parameters": sizes["parameters"],
         "within_budget": check_budget(sizes["model_mb"]),

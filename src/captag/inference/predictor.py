@@ -29,7 +29,7 @@ from captag.errors import ConfigError, RunFolderError
 from captag.evaluation.size import file_mb, parameter_count, parameter_mb
 from captag.files import read_json
 from captag.inference.inputs import check_inputs, is_single, is_table, results, table_inputs
-from captag.models import onnx
+from captag.models import engines, onnx
 from captag.models.fusion import FusionModel, model_inputs, probabilities
 from captag.runs import RunFolder
 
@@ -85,14 +85,16 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, engine: str = "auto", device: str = "cpu",
-             image_size: int | None = None) -> "Predictor":
+             image_size: int | None = None, runtime: str | None = None,
+             precision: str | None = None) -> "Predictor":
         """The predictor of a run folder (checked whole first)."""
-        return cls(path, engine, device, image_size)
+        return cls(path, engine, device, image_size, runtime, precision)
 
     def __init__(self, run_dir: str | Path, engine: str = "auto", device: str = "cpu",
-                 image_size: int | None = None):
+                 image_size: int | None = None, runtime: str | None = None, precision: str | None = None):
         """`image_size` scores the images at another side than the run trained at (FixRes:
-        train low, test high); the run's ONNX graph has a fixed side, so it runs on torch."""
+        train low, test high); the run's ONNX graph has a fixed side, so it runs on torch.
+        `runtime` and `precision` say how the ONNX graph runs (`captag.models.engines`)."""
         self.run = RunFolder(run_dir)
         self.run.check()
         self.cfg = self.run.load_config()
@@ -105,11 +107,20 @@ class Predictor:
         if engine == "onnx" and not same_size:
             raise ConfigError(f"--image-size {self.image_size} needs --engine torch or auto: the "
                               f"run's ONNX graph takes {self.cfg.image_size} px images.")
-        use_onnx = (engine in ("auto", "onnx") and device == "cpu" and onnx.available()
-                    and same_size)
-        self.engine = "onnxruntime" if use_onnx else "torch"
+        self.use_onnx = (engine in ("auto", "onnx") and device == "cpu" and onnx.available()
+                         and same_size)
+        self.runtime, self.precision = runtime, precision
+        engines.candidates(runtime, precision)  # a runtime this machine lacks stops here
         self.data_settings = remembered(self.cfg)  # how its training data was read
-        self._session = None
+        self._graphs = None
+
+    @property
+    def engine(self) -> str:
+        """torch, or the ONNX graph's runtime (onnxruntime or openvino; "auto" until the first
+        batch has chosen)."""
+        if not self.use_onnx:
+            return "torch"
+        return "auto" if self._graphs is None else self._graphs.describe()["model"].split()[0]
 
     @property
     def has_image(self) -> bool:
@@ -137,7 +148,8 @@ class Predictor:
         return {
             "format": "run", "path": str(run.path),
             "model": {"name": cfg.model, "image_encoder": cfg.image_encoder,
-                      "text_encoder": cfg.text_encoder, "engine": self.engine, "int8": False},
+                      "text_encoder": cfg.text_encoder, "engine": self.engine, "int8": False,
+                      "runtimes": self._graphs.describe() if self._graphs else {}},
             "labels": self.labels.as_list(), "threshold": self.threshold,
             "at_least_one": cfg.at_least_one,
             "thresholds": read_json(run.thresholds, RunFolderError, "a JSON object"),
@@ -152,17 +164,18 @@ class Predictor:
                            "captag_version": captag.__version__},
         }
 
-    def _onnx_session(self):
-        if self._session is None:
+    def _onnx_graphs(self) -> engines.Runtimes:
+        if self._graphs is None:
             path, fresh = onnx_target(self.run)
             if not fresh:
                 log.info("Exporting %s to %s", self.run.model, path)
             names = input_names(self.model)
             tokens = {name: {1: "tokens"} for name in ("input_ids", "attention_mask") if name in names}
-            self._session = onnx.exported_session(
-                _Exportable(self.model), example_inputs(self.model, self.cfg.image_size), path,
-                names, "logits", tokens, fresh=fresh)
-        return self._session
+            onnx.exported(_Exportable(self.model), example_inputs(self.model, self.cfg.image_size),
+                          path, names, "logits", tokens, fresh=fresh)
+            self._graphs = engines.Runtimes({"model": path}, self.runtime, self.precision,
+                                            torch.get_num_threads())
+        return self._graphs
 
     def _transform(self):
         """The evaluation transform of the image encoder (None without one)."""
@@ -180,16 +193,19 @@ class Predictor:
                           collate_fn=Collate(text.tokenize if text is not None else None))
 
     def _logits(self, batch: dict):
-        if self.engine == "onnxruntime":
+        if self.use_onnx:
             feeds = {name: batch[name].numpy() for name in input_names(self.model)}
-            return self._onnx_session().run(None, feeds)[0]
+            graphs = self._onnx_graphs()
+            if not graphs.ready:  # "auto": chosen on this batch
+                graphs.choose(lambda runners: 1 / (1 + np.exp(-runners["model"](feeds))))
+            return graphs["model"](feeds)
         return self.model(**{k: v.to(self.device) for k, v in model_inputs(batch).items()}).cpu()
 
     def predict_probs(self, records: Sequence[Record], image_dir: str | Path | None,
                       batch_size: int = PREDICT_BATCH_SIZE, num_workers: int = 1,
                       progress: bool = True) -> np.ndarray:
-        if self.engine == "onnxruntime":
-            self._onnx_session()  # export (once) outside inference mode
+        if self.use_onnx:
+            self._onnx_graphs()  # export (once) outside inference mode
         batches = tqdm(self._loader(records, image_dir, batch_size, num_workers),
                        desc="predict", disable=not progress)
         return probabilities(self._logits, batches)
@@ -225,6 +241,6 @@ class Predictor:
                                           for i, source in enumerate(images)])
         if self.model.text is not None:
             batch.update(self.model.text.tokenize(captions))
-        if self.engine == "onnxruntime":
-            self._onnx_session()
+        if self.use_onnx:
+            self._onnx_graphs()
         return probabilities(self._logits, [batch])

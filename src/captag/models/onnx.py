@@ -1,4 +1,5 @@
-"""ONNX export and ONNX Runtime sessions, for the feature cache and for inference.
+"""ONNX export of modules, for the feature cache and for inference (`captag.models.engines`
+runs the graphs).
 
 An export goes to a unique temporary file beside its target and is renamed into place, so
 processes exporting the same graph at once never read, or rename, each other's half-written
@@ -40,21 +41,13 @@ def export(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
                           output_names=[output_name], dynamic_axes=axes, dynamo=False)
 
 
-def session(path: Path):
-    """An ONNX Runtime CPU session of the graph in `path`, using torch's thread count."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def exported_session(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
-                     input_names: Sequence[str], output_name: str = "y",
-                     dynamic_axes: dict | None = None, fresh: bool | None = None):
-    """A session of `module`, exported to `path` first unless it is there and `fresh` (default:
-    it exists); None without ONNX Runtime."""
+def exported(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
+             input_names: Sequence[str], output_name: str = "y",
+             dynamic_axes: dict | None = None, fresh: bool | None = None) -> Path | None:
+    """`path`, where `module` is exported first unless it is there and `fresh` (default: it
+    exists); None without ONNX Runtime. `captag.models.engines` runs it."""
     if not available():
         return None
     if not (path.exists() if fresh is None else fresh):
         export(module, example, path, input_names, output_name, dynamic_axes)
-    return session(path)
+    return path

@@ -20,10 +20,11 @@ class ServedModel:
         self.threshold = predictor.threshold
 
     @classmethod
-    def load(cls, path: str | Path) -> "ServedModel":
-        """The model of the folder, warmed up by a first prediction (which builds its ONNX
-        Runtime session)."""
-        model = cls(load_predictor(path), path)
+    def load(cls, path: str | Path, **options) -> "ServedModel":
+        """The model of the folder (`options`: of `captag.deploy.load_predictor`, e.g. runtime
+        and precision), warmed up by a first prediction (which builds its ONNX graphs' runtime,
+        and chooses it on a single sample when that is "auto")."""
+        model = cls(load_predictor(path, **options), path)
         model.predict([Image.new("RGB", (64, 64), "gray")], ["warm-up"])
         return model
 

@@ -16,12 +16,13 @@ from captag.serve.model import ServedModel
 
 
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          settings: Settings = Settings(), verbose: bool = False) -> int:
+          settings: Settings = Settings(), verbose: bool = False, runtime: str | None = None,
+          precision: str | None = None) -> int:
     """Serve the run (or exported) folder at http://host:port/ until interrupted (with
-    `verbose`, uvicorn logs each request)."""
+    `verbose`, uvicorn logs each request; `runtime` and `precision`: how its ONNX graphs run)."""
     import uvicorn
     check_settings(port, settings)
-    model = ServedModel.load(path)
+    model = ServedModel.load(path, runtime=runtime, precision=precision)
     _one_torch_thread()
     sock = bind(host, port)
     name = f"[{host}]" if ":" in host else host

@@ -2,8 +2,9 @@
 
 An entry's key hashes a spec (encoder, its frozen weights, cut, transform) and the content of
 every input item, so that any change to them makes a new entry. An entry is a folder of `.npy`
-arrays: they are preallocated on disk and filled in place as the activations are made, so that
-no array is ever gathered whole in memory, and they are read back as memory maps. An entry is
+arrays: they are preallocated on disk and filled in place as the activations are made, written
+through the file rather than mapped (so that neither the array nor the pages written stay in
+the process's memory, however many rows), and they are read back as memory maps. An entry is
 written into a temporary folder and renamed into place under a file lock, so two processes
 filling the cache at once stay safe and an interrupted one leaves nothing behind.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,22 +34,56 @@ def digest(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
+class ArrayFile:
+    """A new zero-filled `.npy` file of `shape` and `dtype`, filled by rows:
+    `array[start:stop] = rows` writes them at their place in the file."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            "shape": self.shape})
+        self.start = self.file.tell()
+        self.file.truncate(self.start + self.row_bytes * self.shape[0])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, rows: slice | list[int], values) -> None:
+        """Write `values` at a slice of rows, or at a list of rows (one value each)."""
+        if not isinstance(rows, slice):
+            for row, value in zip(rows, values, strict=True):
+                self[row:row + 1] = value[None]
+            return
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("an ArrayFile is written by contiguous rows")
+        values = np.ascontiguousarray(np.broadcast_to(values, (stop - start, *self.shape[1:])),
+                                      dtype=self.dtype)
+        self.file.seek(self.start + start * self.row_bytes)
+        self.file.write(values.data)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class Entry:
     """A cache entry being written: arrays made on disk, to be filled in place."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.arrays: dict[str, np.memmap] = {}
+        self.arrays: dict[str, ArrayFile] = {}
 
-    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.memmap:
-        """A new zero-filled array `name`, memory-mapped from the entry's folder."""
-        self.arrays[name] = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+",
-                                                      dtype=dtype, shape=tuple(shape))
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> ArrayFile:
+        """A new zero-filled array `name` in the entry's folder, to fill by rows."""
+        self.arrays[name] = ArrayFile(self.folder / f"{name}.npy", shape, dtype)
         return self.arrays[name]
 
     def close(self) -> None:
         for array in self.arrays.values():
-            array.flush()
+            array.close()
         self.arrays.clear()
 
 

@@ -68,11 +68,11 @@ class _ImageLower(nn.Module):
 
 def _onnx_runner(module: nn.Module, example: torch.Tensor, path: Path):
     """A function that runs `module` with ONNX Runtime, or None when that is not possible."""
-    from captag.models.onnx import exported_session
-    session = exported_session(module, (example,), path, ["x"])
-    if session is None:
+    from captag.models import engines, onnx
+    if onnx.exported(module, (example,), path, ["x"]) is None:
         return None
-    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    run = engines.compile_graph(path, engines.FP32, torch.get_num_threads())
+    return lambda x: torch.from_numpy(run({"x": x.numpy()}))
 
 
 def _image_runner(lower: _ImageLower, example: torch.Tensor, onnx_path: Path, engine: str):
