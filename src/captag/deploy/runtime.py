@@ -234,7 +234,7 @@ class ExportedPredictor:
     def engine(self) -> str:
         """The runtime of the first graph (image, else text): onnxruntime or openvino ("auto"
         until its first batch has chosen)."""
-        return next(iter(self.graphs.describe().values())).split()[0]
+        return self.graphs.runtime
 
     def info(self) -> dict:
         """What the model is: labels, thresholds, sizes and where it comes from (the keys of

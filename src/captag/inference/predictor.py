@@ -120,7 +120,7 @@ class Predictor:
         batch has chosen)."""
         if not self.use_onnx:
             return "torch"
-        return "auto" if self._graphs is None else self._graphs.describe()["model"].split()[0]
+        return "auto" if self._graphs is None else self._graphs.runtime
 
     @property
     def has_image(self) -> bool:

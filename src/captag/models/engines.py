@@ -54,6 +54,7 @@ class Backend:
 FP32 = Backend("onnxruntime", "fp32")
 
 
+@functools.cache
 def cpu() -> dict:
     """This CPU's model name and flags (from /proc/cpuinfo where there is one)."""
     name, flags = platform.processor() or platform.machine(), []
@@ -166,6 +167,11 @@ class Runtimes:
     def __getitem__(self, part: str) -> Runner:
         return self.runners[part]
 
+    @property
+    def runtime(self) -> str:
+        """The first graph's runtime: onnxruntime or openvino ("auto" until chosen)."""
+        return next(iter(self.chosen.values())).runtime if self.chosen else "auto"
+
     def describe(self) -> dict[str, str]:
         """How each graph runs ("auto" until the first batch has chosen)."""
         return {part: str(self.chosen[part]) if self.chosen else "auto" for part in self.paths}
@@ -199,6 +205,7 @@ class Runtimes:
         self._remember({part: {str(w): round(seconds[part, w] * 1e3, 2) for w in self.options}
                         for part in self.paths}, change)
 
+    @functools.cached_property
     def _key(self) -> str:
         import onnxruntime
         info = cpu()
@@ -215,14 +222,14 @@ class Runtimes:
             return {}
 
     def _remembered(self) -> dict[str, Backend] | None:
-        entry = self._known().get(self._key())
+        entry = self._known().get(self._key)
         if not entry:
             return None
         return {part: Backend(*entry["ways"][part]) for part in self.paths}
 
     def _remember(self, ms: dict, change: float) -> None:
         known = self._known()
-        known[self._key()] = {
+        known[self._key] = {
             "ways": {part: [way.runtime, way.precision] for part, way in self.chosen.items()},
             "ms_per_batch": ms, "probability_change": round(change, 4), "cpu": cpu()["name"],
             "graphs": {part: str(path) for part, path in self.paths.items()}}
