@@ -1,6 +1,7 @@
 """Benchmark of the runtimes and precisions of an exported model (issue 16 item 4).
 
     python benchmarks/bench_runtime.py --run RUN_DIR [--export DIR] [--rows 2000] [--single 100]
+                                       [--train] [--no-predict]
 
 The run's fp32 export (made in a temporary folder unless given) runs, in one process, every
 way this machine has (`captag.models.engines`: ONNX Runtime fp32, OpenVINO fp32 and bf16 where
@@ -10,16 +11,22 @@ installed and the CPU has bf16) and "auto" (chosen on its first batch, from a fr
            probabilities, batch 8 (samples/s), and their samples-F1 with the run's threshold
   single   one image file + caption per `predict` call, decoding included (p50 ms)
 Each is reported beside its ratio to ONNX Runtime fp32 (captag's path before the runtimes
-could be chosen), with the F1 change, the CPU's name and its bf16/AVX-512/AMX flags. Prints a
-markdown table and writes benchmarks/results/runtime.json (or --out).
+could be chosen), with the F1 change, the CPU's name and its bf16/AVX-512/AMX flags.
+  train    (--train) the default `captag train` on DATA/train.csv, cold feature cache, with
+           the feature pass under ONNX Runtime fp32 and under auto: features, fit and total
+           seconds and the validation samples-F1 (about 20 minutes each on 2 cores)
+Prints markdown tables and writes benchmarks/results/runtime.json (or --out); --no-predict
+keeps the file's earlier prediction results.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +78,35 @@ def measure(folder: Path, way: str, records, images: Path, single: int) -> dict:
             "f1_samples": round(float(f1), 4), "rows": len(records)}
 
 
+def train(data: Path, way: str, tmp: Path) -> dict:
+    """The default `captag train` with the feature pass run `way`, from a cold cache."""
+    runtime, precision = way.split()
+    out = tmp / f"train-{runtime}-{precision}"
+    env = {**os.environ, "CAPTAG_CACHE": str(tmp / f"cache-{runtime}-{precision}")}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "captag.cli", "-q", "train", "--data",
+                    str(data / "train.csv"), "--out", str(out), "--feature-runtime", runtime,
+                    "--feature-precision", precision], env=env, check=True)
+    wall = time.perf_counter() - started
+    summary = json.loads((out / "summary.json").read_text())
+    with open(out / "metrics.csv") as f:
+        best = max(float(row["val_f1_samples"]) for row in csv.DictReader(f))
+    return {"way": way, "wall_s": round(wall, 1), "features_s": summary["features_seconds"],
+            "fit_s": summary["fit_seconds"], "train_s": summary["train_seconds"],
+            "val_f1_samples": round(best, 4)}
+
+
+def train_table(results: list[dict]) -> str:
+    base = results[0]
+    lines = ["| feature pass | features (s) | fit (s) | train (s) | validation samples-F1 |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['way']} | {r['features_s']:.0f} | {r['fit_s']:.0f} "
+                     f"| {r['train_s']:.0f} ({r['train_s'] / base['train_s']:.2f}x) "
+                     f"| {r['val_f1_samples']:.4f} ({r['val_f1_samples'] - base['val_f1_samples']:+.4f}) |")
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     base = results[0]
     lines = ["| way | graphs | image graph (img/s) | batched (samples/s) | single p50 (ms) | "
@@ -87,33 +123,45 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a run folder trained on train.csv")
+    parser.add_argument("--run", type=Path, help="a run folder trained on train.csv "
+                        "(the prediction part's model)")
     parser.add_argument("--export", type=Path, help="its fp32 export (default: made here)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--single", type=int, default=100)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "runtime.json")
+    parser.add_argument("--train", action="store_true", help="also time the default train")
+    parser.add_argument("--no-predict", action="store_true", help="skip the prediction part")
     args = parser.parse_args()
+    if not (args.run or args.no_predict):
+        parser.error("--run RUN_DIR is needed unless --no-predict")
     from captag.models import engines
     tmp = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     os.environ["CAPTAG_CACHE"] = str(tmp / "cache")  # "auto" chooses afresh
-    folder = args.export or tmp / "export"
-    if not args.export:
-        from captag.deploy.export import export_run
-        export_run(args.run, folder)
-    records = validation_rows(args.run, args.data, args.rows)
-    ways = [str(way) for way in engines.candidates("auto", "auto")] + ["auto auto"]
-    results = []
-    for way in ways:
-        print(f"{way} ...", file=sys.stderr, flush=True)
-        results.append(measure(folder, way, records, args.data / "data", args.single))
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results, trained = earlier.get("results", []), earlier.get("train", [])
+    if not args.no_predict:
+        folder = args.export or tmp / "export"
+        if not args.export:
+            from captag.deploy.export import export_run
+            export_run(args.run, folder)
+        records = validation_rows(args.run, args.data, args.rows)
+        ways = [str(way) for way in engines.candidates("auto", "auto")] + ["auto auto"]
+        results = []
+        for way in ways:
+            print(f"{way} ...", file=sys.stderr, flush=True)
+            results.append(measure(folder, way, records, args.data / "data", args.single))
+    if args.train:
+        trained = [train(args.data, way, tmp) for way in ("onnxruntime fp32", "auto auto")]
     info = engines.cpu()
     flags = [f for f in info["flags"] if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni")]
     print(f"CPU: {info['name']}, {os.cpu_count()} cores; flags: {' '.join(flags)}\n")
     print(table(results))
+    if trained:
+        print("\n" + train_table(trained))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "results": results, "cpu": info["name"], "cores": os.cpu_count(), "flags": flags,
+        "results": results, "train": trained, "cpu": info["name"], "cores": os.cpu_count(), "flags": flags,
         "openvino": engines.openvino_version(), "run": str(args.run),
         "command": "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:]),
         "date": datetime.date.today().isoformat()}, indent=1) + "\n")

@@ -84,7 +84,8 @@ def test_every_field_can_be_set_from_the_command_line(tmp_path):
         value = {bool: not f.default, int: 7, float: 0.25}.get(kind, "x")
         choices = {"schedule": "cosine", "accelerator": "cpu", "precision": "bf16-mixed",
                    "devices": "2", "model": "text-only", "strategy": "ddp", "loss": "asl",
-                   "time_limit": "20m", "format": "jsonl"}
+                   "time_limit": "20m", "format": "jsonl", "feature_runtime": "openvino",
+                   "feature_precision": "bf16"}
         value = choices.get(f.name, value)
         if f.name in ("image_size",):
             value = 64

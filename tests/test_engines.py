@@ -174,3 +174,53 @@ def test_the_command_line_reports_the_runtime(exported, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["engine"] == "openvino"
     assert set(result["runtimes"].values()) == {"openvino fp32"}
+
+
+def _image_features(tmp_path, **ways):
+    from captag.data import read_records
+    from captag.models.registry import model_from_config
+    from captag.training.cache import FeatureCache
+    from captag.training.features import image_activations
+    from conftest import frozen_config
+    model = model_from_config(frozen_config(tmp_path, image_size=64, image_trainable=2)).eval()
+    return image_activations(model, read_records(MINI)[:24], DATA / "data", 64,
+                             FeatureCache(tmp_path), num_workers=0, progress=False, **ways)
+
+
+def _cached_precisions(cache) -> list[str]:
+    return sorted(json.loads(spec.read_text()).get("precision", "fp32")
+                  for spec in (cache / "image").rglob("spec.json"))
+
+
+@needs_bf16
+def test_the_feature_pass_caches_bf16_activations_apart_from_fp32(tmp_path):
+    from captag.training.features import FEATURE_TOLERANCE
+    fp32 = _image_features(tmp_path, runtime="onnxruntime", precision="fp32")
+    bf16 = _image_features(tmp_path, runtime="openvino", precision="bf16")
+    assert _cached_precisions(tmp_path) == ["bf16", "fp32"]
+    assert not torch.equal(bf16, fp32)
+    assert engines.relative_change(bf16.float().numpy(), fp32.float().numpy()) < FEATURE_TOLERANCE
+
+
+@needs_openvino
+def test_the_feature_pass_chooses_its_runtime_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAPTAG_RUNTIME")
+    first = _image_features(tmp_path)
+    chosen = json.loads((tmp_path / "runtimes.json").read_text())
+    assert [list(entry["ways"]) for entry in chosen.values()] == [["image"]]
+    monkeypatch.setattr(engines.Runtimes, "choose", lambda *a, **k: pytest.fail("chose again"))
+    assert torch.equal(_image_features(tmp_path), first)
+
+
+def test_without_openvino_the_feature_pass_is_unchanged(tmp_path, monkeypatch, no_openvino):
+    monkeypatch.delenv("CAPTAG_RUNTIME")
+    _image_features(tmp_path)
+    assert _cached_precisions(tmp_path) == ["fp32"]
+    assert not (tmp_path / "runtimes.json").exists()
+
+
+def test_train_refuses_bf16_features_on_a_cpu_without_it_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(engines, "cpu", lambda: {"name": "Old CPU", "flags": ["avx2"]})
+    assert main(["train", "--data", str(MINI), "--out", str(tmp_path / "run"),
+                 "--feature-precision", "bf16"]) == 2
+    assert "--feature-precision bf16 needs a CPU with" in capsys.readouterr().err

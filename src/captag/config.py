@@ -135,6 +135,12 @@ class RunConfig:
     cache_dir: str | None = option(None, "feature cache folder (default $CAPTAG_CACHE or "
                                          "~/.cache/captag)")
     num_workers: int = option(1, "data-loading worker processes", low=0)
+    feature_runtime: str | None = option(None, "what runs the frozen image stages' graph: "
+                                         "auto, onnxruntime or openvino (default "
+                                         "$CAPTAG_RUNTIME, else auto)", choices=RUNTIMES)
+    feature_precision: str | None = option(None, "their precision: auto, fp32 or bf16 (default "
+                                           "$CAPTAG_PRECISION, else auto: bf16 where it is faster "
+                                           "and near fp32)", choices=GRAPH_PRECISIONS)
     accelerator: str = option("auto", "where to train", choices=ACCELERATORS)
     devices: str = option("auto", "devices: auto, a count (2 = two GPUs, DDP) or ids '0,1'")
     precision: str = option("32-true", "numeric precision", choices=PRECISIONS)

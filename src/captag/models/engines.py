@@ -86,32 +86,35 @@ def openvino_version() -> str | None:
     return openvino.get_version()
 
 
-def candidates(runtime: str | None = None, precision: str | None = None) -> list[Backend]:
+def candidates(runtime: str | None = None, precision: str | None = None,
+               flag: str = "--") -> list[Backend]:
     """The ways to run a graph on this machine that `runtime` and `precision` allow (None:
     $CAPTAG_RUNTIME and $CAPTAG_PRECISION, else auto), the reference first (ONNX Runtime fp32
-    where allowed); a ConfigError says why when a forced one cannot run here."""
+    where allowed); a ConfigError says why when a forced one cannot run here, naming the
+    options as `flag`runtime and `flag`precision."""
     runtime = runtime or os.environ.get("CAPTAG_RUNTIME") or "auto"
     precision = precision or os.environ.get("CAPTAG_PRECISION") or "auto"
-    _check(runtime, RUNTIMES, "runtime")
-    _check(precision, GRAPH_PRECISIONS, "precision")
+    rt, pr = f"{flag}runtime", f"{flag}precision"
+    _check(runtime, RUNTIMES, rt)
+    _check(precision, GRAPH_PRECISIONS, pr)
     if runtime == "openvino" and openvino_version() is None:
-        raise ConfigError("--runtime openvino needs OpenVINO: pip install 'captag[openvino]'.")
+        raise ConfigError(f"{rt} openvino needs OpenVINO: pip install 'captag[openvino]'.")
     if precision == "bf16" and not has_bf16():
-        raise ConfigError(f"--precision bf16 needs a CPU with {' or '.join(BF16_FLAGS)}; this "
-                          f"one ({cpu()['name']}) has neither: use --precision fp32 or auto.")
+        raise ConfigError(f"{pr} bf16 needs a CPU with {' or '.join(BF16_FLAGS)}; this "
+                          f"one ({cpu()['name']}) has neither: use {pr} fp32 or auto.")
     if precision == "bf16" and runtime == "onnxruntime":
-        raise ConfigError("--precision bf16 runs under OpenVINO: use --runtime openvino or auto.")
+        raise ConfigError(f"{pr} bf16 runs under OpenVINO: use {rt} openvino or auto.")
     if precision == "bf16" and openvino_version() is None:
-        raise ConfigError("--precision bf16 runs under OpenVINO: pip install 'captag[openvino]'.")
+        raise ConfigError(f"{pr} bf16 runs under OpenVINO: pip install 'captag[openvino]'.")
     ways = [FP32]
     if openvino_version() is not None:
         ways += [Backend("openvino", "fp32")] + [Backend("openvino", "bf16")] * has_bf16()
     return [w for w in ways if runtime in ("auto", w.runtime) and precision in ("auto", w.precision)]
 
 
-def _check(value: str, allowed: tuple, name: str) -> None:
+def _check(value: str, allowed: tuple, option: str) -> None:
     if value not in allowed:
-        raise ConfigError(f"--{name} {value!r} is not one of {', '.join(allowed)}.")
+        raise ConfigError(f"{option} {value!r} is not one of {', '.join(allowed)}.")
 
 
 def compile_graph(path: Path, way: Backend, threads: int, spin: bool = True) -> Runner:
@@ -141,6 +144,16 @@ def _openvino():
     """One OpenVINO Core for the process: it must outlive every model compiled with it."""
     import openvino as ov
     return ov.Core()
+
+
+def largest_change(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """The largest absolute difference between two outputs (for probabilities)."""
+    return float(np.abs(outputs - reference).max())
+
+
+def relative_change(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """The norm of the difference relative to the reference's (for activations of any scale)."""
+    return float(np.linalg.norm(outputs - reference) / max(np.linalg.norm(reference), 1e-12))
 
 
 class Runtimes:
@@ -180,9 +193,12 @@ class Runtimes:
         return {part: compile_graph(path, ways[part], self.threads, self.spin)
                 for part, path in self.paths.items()}
 
-    def choose(self, probabilities: Callable[[dict[str, Runner]], np.ndarray]) -> None:
+    def choose(self, probabilities: Callable[[dict[str, Runner]], np.ndarray],
+               measure: Callable[[np.ndarray, np.ndarray], float] = largest_change,
+               tolerance: float = TOLERANCE) -> None:
         """Time every way of every graph inside the model on one batch; keep the fastest mix
-        whose probabilities stay within TOLERANCE of the reference way's."""
+        whose outputs stay within `tolerance` of the reference way's by `measure(outputs,
+        reference)` (default: the largest absolute change, for probabilities)."""
         runners = {part: {way: compile_graph(path, way, self.threads, self.spin)
                           for way in self.options} for part, path in self.paths.items()}
         first = {part: ways[self.options[0]] for part, ways in runners.items()}
@@ -193,13 +209,13 @@ class Runtimes:
                        key=lambda mix: sum(seconds[p, w] for p, w in zip(self.paths, mix)))
         for mix in mixes:
             ways = dict(zip(self.paths, mix))
-            change = float(np.abs(probabilities({p: runners[p][w] for p, w in ways.items()})
-                                  - reference).max())
-            if change <= TOLERANCE:
+            change = measure(probabilities({p: runners[p][w] for p, w in ways.items()}),
+                               reference)
+            if change <= tolerance:
                 break
         self.chosen, self.runners = ways, {p: runners[p][w] for p, w in ways.items()}
         for part, way in ways.items():
-            log.info("runtime: %s for the %s graph (%.1f ms against %.1f under %s; probabilities "
+            log.info("runtime: %s for the %s graph (%.1f ms against %.1f under %s; outputs "
                      "within %.3f of it)", way, part, seconds[part, way] * 1e3,
                      seconds[part, self.options[0]] * 1e3, self.options[0], change)
         self._remember({part: {str(w): round(seconds[part, w] * 1e3, 2) for w in self.options}
@@ -231,7 +247,7 @@ class Runtimes:
         known = self._known()
         known[self._key] = {
             "ways": {part: [way.runtime, way.precision] for part, way in self.chosen.items()},
-            "ms_per_batch": ms, "probability_change": round(change, 4), "cpu": cpu()["name"],
+            "ms_per_batch": ms, "change": round(change, 4), "cpu": cpu()["name"],
             "graphs": {part: str(path) for part, path in self.paths.items()}}
         self.store.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.store, known)

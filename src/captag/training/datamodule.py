@@ -131,7 +131,8 @@ class CaptagDataModule(L.LightningDataModule):
         if self.model.image is not None and self.model.image_cut > 0:
             cached["image_features"] = image_activations(
                 self.model, records, self.image_dir, self.cfg.image_size, self.cache,
-                num_workers=self.cfg.num_workers, progress=self.progress)
+                num_workers=self.cfg.num_workers, progress=self.progress,
+                runtime=self.cfg.feature_runtime, precision=self.cfg.feature_precision)
         if self.model.text is not None and self.model.text_cut > 0:
             cached.update(text_activations(self.model, [r.caption for r in records], self.cache,
                                            progress=self.progress))

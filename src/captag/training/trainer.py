@@ -38,6 +38,7 @@ from captag.errors import ConfigError, RunFolderError, TrainingInterrupted
 from captag.evaluation.metrics import (compute_metrics, per_class_report, save_thresholds,
                                        tune_threshold)
 from captag.evaluation.size import check_budget, file_mb, parameter_count, parameter_mb
+from captag.models import engines
 from captag.models.fusion import probabilities
 from captag.models.registry import model_from_config, weights_summary
 from captag.runs import RunFolder
@@ -218,6 +219,7 @@ def _train(cfg, run: RunFolder, resume: bool, callbacks: list, progress: bool) -
     cfg = _prepare_folder(cfg, run, resume)
     if cfg.strategy == "fsdp" and not torch.cuda.is_available():
         raise ConfigError(FSDP_NEEDS_GPU)
+    engines.candidates(cfg.feature_runtime, cfg.feature_precision, "--feature-")  # runs here?
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = read_data(cfg.csv, DataOptions.of(cfg))
     if progress and is_rank_zero():
