@@ -195,8 +195,9 @@ def test_an_incomplete_export_is_named(exported, tmp_path):
 @pytest.mark.slow
 def test_int8_export_is_small_and_close(frozen_run, tmp_path):
     out = tmp_path / "int8"
-    spec = export_run(frozen_run, out, int8=True)
+    spec = export_run(frozen_run, out, int8="all")
     assert spec["provenance"]["int8"] is True
+    assert set(spec["provenance"]["int8_speed"]["kept"].values()) == {"int8"}
     assert sum(p.stat().st_size for p in out.iterdir()) / 2**20 <= 25
     run, export = Predictor.load(frozen_run), load_predictor(out)
     val = set(run.load_split()[1])
@@ -206,3 +207,36 @@ def test_int8_export_is_small_and_close(frozen_run, tmp_path):
     f1 = [compute_metrics(targets, p.predict_probs(rows, DATA / "data", progress=False),
                           p.threshold)["f1_samples"] for p in (run, export)]
     assert abs(f1[0] - f1[1]) < 0.05
+
+
+def _quantized(path: Path) -> bool:
+    import onnx
+    return any(node.op_type in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+               for node in onnx.load(str(path)).graph.node)
+
+
+def test_int8_auto_keeps_a_graph_fp32_where_that_runs_faster(frozen_run, tmp_path, monkeypatch):
+    from captag.deploy import graph_speed
+    measured = graph_speed.graph_ms
+
+    def image_int8_slower(int8_path, fp32_path, feeds):
+        ms = measured(int8_path, fp32_path, feeds)
+        ms["onnxruntime int8"] = 1e6 if int8_path.name == "image.onnx" else 0.0
+        return ms
+    monkeypatch.setattr(graph_speed, "graph_ms", image_int8_slower)
+    spec = export_run(frozen_run, tmp_path / "auto", int8=True, image_quant="dynamic")
+    speed = spec["provenance"]["int8_speed"]
+    assert speed["policy"] == "auto"
+    assert speed["kept"] == {"image": "fp32", "text": "int8", "head": "int8"}
+    assert {"onnxruntime int8", "onnxruntime fp32"} <= set(speed["ms_per_batch"]["image"])
+    assert [_quantized(tmp_path / "auto" / f"{part}.onnx") for part in speed["kept"]] == [
+        False, True, True]
+    every = export_run(frozen_run, tmp_path / "all", int8="all", image_quant="dynamic")
+    assert set(every["provenance"]["int8_speed"]["kept"].values()) == {"int8"}
+    assert _quantized(tmp_path / "all" / "image.onnx")
+
+
+def test_export_int8_takes_auto_or_all():
+    from captag.cli import build_parser
+    parse = lambda *extra: build_parser().parse_args(["export", "run", "--out", "o", *extra]).int8
+    assert (parse(), parse("--int8"), parse("--int8", "all")) == (None, "auto", "all")

@@ -270,3 +270,21 @@ def test_two_trainings_into_one_folder_cannot_mix(tmp_path, cache_dir):
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["seed"] == config["seed"]
+
+
+def test_auto_precision_fits_in_bf16_on_a_cpu_with_bf16_only(monkeypatch):
+    from captag.config import RunConfig
+    from captag.models import engines
+    from captag.training.trainer import fit_precision
+    cpu = RunConfig().update(accelerator="cpu")
+    monkeypatch.setattr(engines, "has_bf16", lambda info=None: True)
+    assert fit_precision(cpu) == "bf16-mixed"
+    assert fit_precision(cpu.update(precision="32-true")) == "32-true"
+    monkeypatch.setattr(engines, "has_bf16", lambda info=None: False)
+    assert fit_precision(cpu) == "32-true"
+
+
+def test_the_summary_names_the_fit_precision(frozen_run):
+    from captag.models import engines
+    summary = json.loads((frozen_run / "summary.json").read_text())
+    assert summary["precision"] == ("bf16-mixed" if engines.has_bf16() else "32-true")

@@ -16,7 +16,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from captag.config import (GRAPH_PRECISIONS, PREDICT_BATCH_SIZE, RUNTIMES, RunConfig, field_type,
+from captag.config import (GRAPH_PRECISIONS, INT8, PREDICT_BATCH_SIZE, RUNTIMES, RunConfig, field_type,
                            suggest)
 from captag.errors import CaptagError, ConfigError, TrainingInterrupted
 
@@ -241,9 +241,10 @@ def cmd_export(args) -> int:
     spec = export_run(args.run_dir, args.out, int8=args.int8, image_quant=args.image_quant,
                       shrink=not args.full_vocab, data=data)
     sizes = spec["sizes"]
-    emit(args, spec, [f"exported {args.run_dir} to {args.out}"
-                      f"{' (int8)' if args.int8 else ''}: graphs {sizes['model_mb']:.1f} MB, "
-                      f"{sizes['parameters']:,} parameters"])
+    speed = spec["provenance"]["int8_speed"]
+    kept = f" ({', '.join(f'{p} {k}' for p, k in speed['kept'].items())})" if speed else ""
+    emit(args, spec, [f"exported {args.run_dir} to {args.out}{kept}: graphs "
+                      f"{sizes['model_mb']:.1f} MB, {sizes['parameters']:,} parameters"])
     return 0
 
 
@@ -427,7 +428,9 @@ def _add_export_command(sub) -> None:
     _common(p)
     p.add_argument("run_dir", help="a run folder written by captag train")
     p.add_argument("--out", required=True, help="new folder to write")
-    p.add_argument("--int8", action="store_true", help="quantise the graphs to int8")
+    p.add_argument("--int8", nargs="?", const="auto", choices=INT8,
+                   help="quantise the graphs to int8: auto (the default) keeps a graph fp32 where "
+                        "that runs faster on this machine; all: every graph int8")
     p.add_argument("--image-quant", choices=["qoperator", "qdq", "dynamic", "fp32"],
                    default="qoperator", help="how --int8 treats the image graph (default: static, "
                                              "QOperator format, calibrated on 200 training images)")

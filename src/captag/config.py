@@ -33,9 +33,10 @@ PREDICT_BATCH_SIZE = 8
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 DATA_FORMATS = ("comp5329", "csv", "tsv", "jsonl", "parquet", "imagefolder")
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 RUNTIMES = ("auto", "onnxruntime", "openvino")  # what runs an ONNX graph (captag.models.engines)
 GRAPH_PRECISIONS = ("auto", "fp32", "bf16")
+INT8 = ("auto", "all")  # export --int8: int8 where it runs faster here than fp32, or every graph
 
 
 def cache_root() -> Path:
@@ -143,7 +144,9 @@ class RunConfig:
                                            "and near fp32)", choices=GRAPH_PRECISIONS)
     accelerator: str = option("auto", "where to train", choices=ACCELERATORS)
     devices: str = option("auto", "devices: auto, a count (2 = two GPUs, DDP) or ids '0,1'")
-    precision: str = option("32-true", "numeric precision", choices=PRECISIONS)
+    precision: str = option("auto", "numeric precision of the fit: auto is bf16-mixed when "
+                                    "training on a CPU with avx512_bf16 or AMX, else 32-true",
+                            choices=PRECISIONS)
     strategy: str = option("auto", "how several devices share the work: auto (one device, or DDP "
                            "for several), ddp (one process per device; gloo on CPU, NCCL on GPU), "
                            "ddp_spawn (the same, started by spawning), fsdp (sharded weights, GPU)",

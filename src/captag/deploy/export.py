@@ -8,7 +8,9 @@ of the shrunk vocabulary (`token_map.npy`), `labels.json`, `thresholds.json`, `s
 captions use, plus the special tokens; the runtime maps every other token to [UNK]. With int8,
 the text graph and the head are quantised dynamically (MatMul, Gemm, Gather) and the image graph
 as `image_quant` says: static QDQ or QOperator (per channel, calibrated on 200 training images;
-convolutions only, the first and the last kept fp32), dynamic, or fp32.
+convolutions only, the first and the last kept fp32), dynamic, or fp32. Int8 "auto" then keeps
+each graph's fp32 version where that runs faster on this machine (`graph_speed`), and says so;
+"all" keeps every graph int8. model.yaml records the times (`provenance.int8_speed`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import yaml
 from torch import nn
 
 import captag
+from captag.config import INT8
 from captag.data import Data, DataOptions, read_data
 from captag.data.sources import remembered
 from captag.data.split import in_split_order
@@ -34,7 +37,7 @@ from captag.files import ensure_parent
 from captag.models import onnx
 from captag.models.fusion import FusionModel
 from captag.runs import RunFolder
-from captag.deploy import MODEL_YAML
+from captag.deploy import MODEL_YAML, graph_speed
 from captag.deploy.runtime import FORMAT, FORMAT_VERSION, preprocess_image
 
 IMAGE_QUANT = ("qdq", "qoperator", "dynamic", "fp32")
@@ -198,7 +201,7 @@ def quantize_graphs(folder: Path, graphs: dict, image_quant: str, calibration: l
 
 
 def _spec(run: RunFolder, cfg, model: FusionModel, folder: Path, graphs: dict, pre: dict,
-          int8: bool, image_quant: str) -> dict:
+          int8: str | bool, image_quant: str, speed: dict | None) -> dict:
     graph_mb = {part: round(file_mb(folder / name), 3) for part, name in graphs.items()}
     parameters = {part: parameter_count(module) if module is not None else 0
                   for part, module in (("image", model.image), ("text", model.text),
@@ -222,7 +225,8 @@ def _spec(run: RunFolder, cfg, model: FusionModel, folder: Path, graphs: dict, p
                        "val_f1_samples": run.load_val_f1(), "captag_version": captag.__version__,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                            timespec="seconds"),
-                       "int8": int8, "image_quantization": image_quant if int8 else None},
+                       "int8": bool(int8), "image_quantization": image_quant if int8 else None,
+                       "int8_speed": speed},
     }
 
 
@@ -239,14 +243,18 @@ def _preprocessing(cfg, model: FusionModel, token_map: bool) -> dict:
     return pre
 
 
-def export_run(run_dir, out, int8: bool = False, image_quant: str = DEFAULT_IMAGE_QUANT,
+def export_run(run_dir, out, int8: bool | str = False, image_quant: str = DEFAULT_IMAGE_QUANT,
                shrink: bool = True, data: dict | None = None) -> dict:
     """Export the run in `run_dir` to the new folder `out`; returns its model.yaml as a dict.
     Everything is checked first, and the folder appears whole or not at all. `data` (settings
     such as csv and images) says where the run's training data is now, for the vocabulary's
-    captions and the int8 calibration images."""
+    captions and the int8 calibration images. `int8`: False, "auto" (or True: each graph int8
+    where that runs faster here than fp32 does) or "all" (see `graph_speed`)."""
     if image_quant not in IMAGE_QUANT:
         raise ConfigError(f"image_quant {image_quant!r} is not one of {', '.join(IMAGE_QUANT)}.")
+    int8 = "auto" if int8 is True else int8
+    if int8 and int8 not in INT8:
+        raise ConfigError(f"int8 {int8!r} is not one of {', '.join(INT8)}.")
     out = check_out(out)
     run = RunFolder(run_dir)
     run.check()
@@ -279,11 +287,19 @@ def _write(run, cfg, model, folder: Path, captions, calibration, int8, image_qua
         model.text.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
     pre = _preprocessing(cfg, model, captions is not None)
     graphs = export_graphs(model, folder, cfg.image_size)
+    speed = None
     if int8:
+        fp32 = folder / ".fp32"
+        fp32.mkdir()
+        for name in graphs.values():
+            shutil.copyfile(folder / name, fp32 / name)
+        feeds = graph_speed.example_feeds(fp32, graphs, cfg.image_size if model.image else None)
         quantize_graphs(folder, graphs, image_quant, calibration, pre)
+        speed = graph_speed.keep_faster(folder, fp32, graphs, feeds, int8)
+        shutil.rmtree(fp32)
     for source in (run.labels, run.thresholds, run.split):
         if source.is_file():
             shutil.copyfile(source, folder / source.name)
-    spec = _spec(run, cfg, model, folder, graphs, pre, int8, image_quant)
+    spec = _spec(run, cfg, model, folder, graphs, pre, int8, image_quant, speed)
     (folder / MODEL_YAML).write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec

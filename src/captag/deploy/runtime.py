@@ -28,7 +28,7 @@ from captag.errors import RunFolderError
 from captag.evaluation.metrics import load_thresholds
 from captag.files import read_json
 from captag.data.sources import DataOptions
-from captag.models.engines import Runtimes
+from captag.models.engines import Runtimes, sigmoid
 from captag.inference.inputs import check_inputs, is_single, is_table, results, table_inputs
 
 FORMAT = "captag-export"
@@ -157,7 +157,7 @@ class ExportedPredictor:
             feeds = {k: batch[k] for k in ("input_ids", "attention_mask")}
             parts["text_features"] = graphs["text"](feeds)
         logits = graphs["head"](parts)
-        return 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+        return sigmoid(logits)
 
     # --- the pipeline ----------------------------------------------------------------------
 

@@ -197,7 +197,7 @@ class Predictor:
             feeds = {name: batch[name].numpy() for name in input_names(self.model)}
             graphs = self._onnx_graphs()
             if not graphs.ready:  # "auto": chosen on this batch
-                graphs.choose(lambda runners: 1 / (1 + np.exp(-runners["model"](feeds))))
+                graphs.choose(lambda runners: engines.sigmoid(runners["model"](feeds)))
             return graphs["model"](feeds)
         return self.model(**{k: v.to(self.device) for k, v in model_inputs(batch).items()}).cpu()
 

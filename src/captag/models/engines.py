@@ -146,6 +146,11 @@ def _openvino():
     return ov.Core()
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from a graph's logits (float32)."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+
+
 def largest_change(outputs: np.ndarray, reference: np.ndarray) -> float:
     """The largest absolute difference between two outputs (for probabilities)."""
     return float(np.abs(outputs - reference).max())

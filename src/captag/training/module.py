@@ -108,6 +108,14 @@ class CaptagModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._fit_started = time.perf_counter()
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu" and self.model.image is not None:  # faster convolutions
+            self.model.image.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        if self.model.image is not None:
+            self.model.image.to(memory_format=torch.contiguous_format)
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update(self.model)
@@ -128,7 +136,8 @@ class CaptagModule(L.LightningModule):
         self.val_metrics = {}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch)
+        with torch.autocast(self.device.type, enabled=False):  # scored as it will be used: fp32
+            logits = self(batch)
         loss = self.loss(logits, batch["target"])
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True,
                  batch_size=len(batch["target"]))
