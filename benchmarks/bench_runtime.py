@@ -12,9 +12,10 @@ installed and the CPU has bf16) and "auto" (chosen on its first batch, from a fr
   single   one image file + caption per `predict` call, decoding included (p50 ms)
 Each is reported beside its ratio to ONNX Runtime fp32 (captag's path before the runtimes
 could be chosen), with the F1 change, the CPU's name and its bf16/AVX-512/AMX flags.
-  train    (--train) the default `captag train` on DATA/train.csv, cold feature cache, with
-           the feature pass under ONNX Runtime fp32 and under auto: features, fit and total
-           seconds and the validation samples-F1 (about 20 minutes each on 2 cores)
+  train    (--train) the default `captag train` on DATA/train.csv, cold feature cache, as
+           before (ONNX Runtime fp32 features, fp32 fit) and with today's defaults (auto):
+           features, fit and total seconds and the validation samples-F1 (15-20 minutes each
+           on 2 cores)
 Prints markdown tables and writes benchmarks/results/runtime.json (or --out); --no-predict
 keeps the file's earlier prediction results.
 """
@@ -22,7 +23,6 @@ keeps the file's earlier prediction results.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -78,30 +78,34 @@ def measure(folder: Path, way: str, records, images: Path, single: int) -> dict:
             "f1_samples": round(float(f1), 4), "rows": len(records)}
 
 
-def train(data: Path, way: str, tmp: Path) -> dict:
-    """The default `captag train` with the feature pass run `way`, from a cold cache."""
-    runtime, precision = way.split()
-    out = tmp / f"train-{runtime}-{precision}"
-    env = {**os.environ, "CAPTAG_CACHE": str(tmp / f"cache-{runtime}-{precision}")}
+# the default train before (ONNX Runtime fp32 features, an fp32 fit) and now (auto, the defaults)
+TRAIN_WAYS = {"before": ["--feature-runtime", "onnxruntime", "--feature-precision", "fp32",
+                         "--precision", "32-true"],
+              "auto": []}
+
+
+def train(data: Path, name: str, tmp: Path) -> dict:
+    """The default `captag train` on DATA/train.csv with TRAIN_WAYS[name], from a cold cache."""
+    out = tmp / f"train-{name}"
+    env = {**os.environ, "CAPTAG_CACHE": str(tmp / f"cache-{name}")}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "captag.cli", "-q", "train", "--data",
-                    str(data / "train.csv"), "--out", str(out), "--feature-runtime", runtime,
-                    "--feature-precision", precision], env=env, check=True)
+                    str(data / "train.csv"), "--out", str(out), *TRAIN_WAYS[name]], env=env,
+                   check=True)
     wall = time.perf_counter() - started
     summary = json.loads((out / "summary.json").read_text())
-    with open(out / "metrics.csv") as f:
-        best = max(float(row["val_f1_samples"]) for row in csv.DictReader(f))
-    return {"way": way, "wall_s": round(wall, 1), "features_s": summary["features_seconds"],
-            "fit_s": summary["fit_seconds"], "train_s": summary["train_seconds"],
-            "val_f1_samples": round(best, 4)}
+    return {"way": name, "options": " ".join(TRAIN_WAYS[name]), "wall_s": round(wall, 1),
+            "features_s": summary["features_seconds"], "fit_s": summary["fit_seconds"],
+            "train_s": summary["train_seconds"], "precision": summary["precision"],
+            "val_f1_samples": round(summary["val"]["f1_samples"], 4)}
 
 
 def train_table(results: list[dict]) -> str:
     base = results[0]
-    lines = ["| feature pass | features (s) | fit (s) | train (s) | validation samples-F1 |",
-             "|---|---|---|---|---|"]
+    lines = ["| train | fit precision | features (s) | fit (s) | train (s) | validation samples-F1 |",
+             "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['way']} | {r['features_s']:.0f} | {r['fit_s']:.0f} "
+        lines.append(f"| {r['way']} | {r['precision']} | {r['features_s']:.0f} | {r['fit_s']:.0f} "
                      f"| {r['train_s']:.0f} ({r['train_s'] / base['train_s']:.2f}x) "
                      f"| {r['val_f1_samples']:.4f} ({r['val_f1_samples'] - base['val_f1_samples']:+.4f}) |")
     return "\n".join(lines)
@@ -152,7 +156,7 @@ def main() -> None:
             print(f"{way} ...", file=sys.stderr, flush=True)
             results.append(measure(folder, way, records, args.data / "data", args.single))
     if args.train:
-        trained = [train(args.data, way, tmp) for way in ("onnxruntime fp32", "auto auto")]
+        trained = [train(args.data, name, tmp) for name in TRAIN_WAYS]
     info = engines.cpu()
     flags = [f for f in info["flags"] if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni")]
     print(f"CPU: {info['name']}, {os.cpu_count()} cores; flags: {' '.join(flags)}\n")
