@@ -118,7 +118,7 @@ class RunConfig:
     ema: float = option(0.0, "decay of an exponential moving average of the weights, scored "
                              "beside the raw weights each epoch, the better kept (0: off; "
                              "e.g. 0.999)", low=0, high=1, high_open=True)
-    lr: float = option(2e-4, "learning rate of the encoders", low=0, low_open=True)
+    lr: float = option(4e-4, "learning rate of the encoders", low=0, low_open=True)
     head_lr: float = option(1e-3, "learning rate of the classifier head", low=0, low_open=True)
     weight_decay: float = option(0.0, "Adam weight decay", low=0)
     schedule: str = option("linear", "learning-rate decay per step", choices=SCHEDULES)
