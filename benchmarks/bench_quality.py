@@ -39,6 +39,8 @@ SMALL_OBJECTS = ["car", "bench", "truck", "traffic light", "bicycle"]
 BEFORE = ["--image-encoder", "tf_efficientnet_lite0", "--image-size", "224", "--loss", "bce",
           "--csra", "0", "--asl-gamma-neg", "4", "--lr", "2e-4"]
 LITE2_320 = ["--image-encoder", "tf_efficientnet_lite2", "--image-size", "320"]
+# issue 8's default, on which the rows after it add their levers
+ISSUE8 = [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1", "--asl-gamma-neg", "2"]
 ROWS: dict[str, list[str]] = {
     "before": BEFORE,
     "asl": [*BEFORE, "--loss", "asl"],
@@ -53,13 +55,9 @@ ROWS: dict[str, list[str]] = {
     "lite2+320px+asl+csra0.3": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.3"],
     "lite2+320px+asl+csra+image4": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
                                     "--image-trainable", "4"],
-    "lite2+320px+asl(gamma_neg2)+csra": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
-                                         "--asl-gamma-neg", "2"],
-    # the default now (issue 23)
-    "lite2+320px+asl(gamma_neg2)+csra+lr4e-4": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra",
-                                                "0.1", "--asl-gamma-neg", "2", "--lr", "4e-4"],
-    "default+flip+6ep": [*BEFORE, *LITE2_320, "--loss", "asl", "--csra", "0.1",
-                         "--asl-gamma-neg", "2", "--feature-flip", "0.5", "--epochs", "6"],
+    "lite2+320px+asl(gamma_neg2)+csra": ISSUE8,
+    "lite2+320px+asl(gamma_neg2)+csra+lr4e-4": [*ISSUE8, "--lr", "4e-4"],  # the default now
+    "default+flip+6ep": [*ISSUE8, "--feature-flip", "0.5", "--epochs", "6"],
 }
 FIXRES: dict[str, tuple[str, int]] = {
     "fixres-288(asl+csra+ema)": ("asl+csra+ema", 288),

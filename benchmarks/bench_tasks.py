@@ -43,7 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # make_tasks beside this file
 
 from bench_foundation import captag  # noqa: E402
-from make_tasks import DEFAULT_DATA, DEFAULT_OUT, make_tasks, rows_option  # noqa: E402
+from make_tasks import (DEFAULT_DATA, DEFAULT_OUT, DEFAULT_TEST, DEFAULT_TRAIN,  # noqa: E402
+                        make_tasks, rows_option)
 
 TASKS = ("supercategories", "tags", "comp5329")
 TITLES = {"supercategories": "(a) imagefolder, supercategories",
@@ -173,9 +174,9 @@ def main() -> None:
                         help=f"where make_tasks builds the tasks (default {DEFAULT_OUT}, or "
                              "WORK/tasks for other rows, so a smoke run leaves them as they are)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the COMP5329 folder")
-    parser.add_argument("--train", type=rows_option, default=slice(0, 4000),
+    parser.add_argument("--train", type=rows_option, default=DEFAULT_TRAIN,
                         help="rows of train.csv to train on, START:STOP (default 0:4000)")
-    parser.add_argument("--test", type=rows_option, default=slice(16000, 18000),
+    parser.add_argument("--test", type=rows_option, default=DEFAULT_TEST,
                         help="rows of train.csv to score on, START:STOP (default 16000:18000)")
     parser.add_argument("--rows", help="TRAIN,TEST: keep only the first rows of each (smoke run)")
     parser.add_argument("--only", choices=TASKS, action="append",
@@ -192,7 +193,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="captag-bench-tasks-"))
     work.mkdir(parents=True, exist_ok=True)
     only = args.only or list(TASKS)
-    default_rows = not args.rows and (args.train, args.test) == (slice(0, 4000), slice(16000, 18000))
+    default_rows = not args.rows and (args.train, args.test) == (DEFAULT_TRAIN, DEFAULT_TEST)
     tasks_dir = args.tasks_dir or (DEFAULT_OUT if default_rows else work / "tasks")
     built = make_tasks(tasks_dir, train, test, args.data,
                        comp5329="comp5329" in only,

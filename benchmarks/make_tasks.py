@@ -46,6 +46,7 @@ from typing import Sequence
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "comp5329"
 DEFAULT_OUT = Path("/tmp/captag-tasks")
+DEFAULT_TRAIN, DEFAULT_TEST = slice(0, 4000), slice(16000, 18000)  # rows of train.csv
 
 SUPERCATEGORY = {1: "person", **{i: "vehicle" for i in range(2, 10)},
                  **{i: "outdoor" for i in (10, 11, 13, 14, 15)},
@@ -157,7 +158,7 @@ def describe(rows) -> str:
     return "given records"
 
 
-def make_tasks(out_dir: str | Path = DEFAULT_OUT, train=slice(0, 4000), test=slice(16000, 18000),
+def make_tasks(out_dir: str | Path = DEFAULT_OUT, train=DEFAULT_TRAIN, test=DEFAULT_TEST,
                data: str | Path = DEFAULT_DATA, link: str = "symlink", comp5329: bool = False,
                tasks: Sequence[str] = ("supercategories", "tags"),
                described: dict | None = None) -> dict:
@@ -227,9 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"folder to build into, outside the repository "
                              f"(default {DEFAULT_OUT})")
-    parser.add_argument("--train", type=rows_option, default=slice(0, 4000),
+    parser.add_argument("--train", type=rows_option, default=DEFAULT_TRAIN,
                         help="rows of train.csv to train on, START:STOP (default 0:4000)")
-    parser.add_argument("--test", type=rows_option, default=slice(16000, 18000),
+    parser.add_argument("--test", type=rows_option, default=DEFAULT_TEST,
                         help="rows of train.csv to score on, START:STOP (default 16000:18000)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="the COMP5329 folder (train.csv and data/)")
